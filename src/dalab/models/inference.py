@@ -1,0 +1,48 @@
+"""Batched inference over whole tensors (no DataLoader): logits, features, accuracy."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+def autocast_ctx(device: torch.device | str, precision: str):
+    device = torch.device(device)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
+                   precision: str = "fp32") -> torch.Tensor:
+    """Class logits (N, C) as float32; ``x`` stays where it is, batches move to the model."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = []
+    with autocast_ctx(dev, precision):
+        for i in range(0, len(x), batch_size):
+            outs.append(model(x[i:i + batch_size].to(dev, non_blocking=True)).float())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.empty(0, 0)
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    outs = [model.features(x[i:i + batch_size].to(dev)).float() for i in range(0, len(x), batch_size)]
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048,
+                precision: str = "fp32") -> float:
+    if len(y) == 0:
+        return float("nan")
+    logits = predict_logits(model, x, batch_size, precision)
+    return (logits.argmax(1).to(y.device) == y).float().mean().item()

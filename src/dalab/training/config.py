@@ -1,0 +1,75 @@
+"""Training configuration: every knob of a run, recorded in its summary and checkpoints."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from ..errors import DalabError
+
+DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
+
+
+@dataclass
+class TrainConfig:
+    method: str = "dann"
+    source: str = "mnist"
+    target: str = "mnistm"
+    epochs: int = 10
+    seed: int = 0
+    batch_size: int = 64            # per domain: 64 source + 64 target images per step
+    optimizer: str = "sgd"          # sgd (momentum 0.9, Ganin's annealing) or adam
+    lr: float | None = None         # None -> 0.01 for SGD, 1e-3 for Adam (absolute, never relative)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "ganin"      # ganin: lr0 / (1 + 10 p)^0.75 ; constant
+    lambda_max: float = 1.0
+    lambda_schedule: str = "ganin"  # ganin ramp with gamma, or constant
+    gamma: float = 10.0
+    batch_norm: bool = False
+    precision: str = "auto"         # auto | fp32 | bf16
+    channels_last: bool = True
+    device: str = "auto"
+    limit_train: int | None = None  # use only the first N training images of each domain
+    limit_eval: int | None = None   # evaluate on the first N images of each eval split
+    eval_every: int = 1             # epochs between evaluations / checkpoints
+    data_dir: str | None = None
+
+    def resolved_lr(self) -> float:
+        return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
+
+    def validate(self) -> "TrainConfig":
+        def bad(msg):
+            raise DalabError(msg)
+
+        for name in ("epochs", "batch_size", "eval_every"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v <= 0:
+                bad(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        for name in ("limit_train", "limit_eval"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                bad(f"--{name.replace('_', '-')} must be positive, got {v}")
+        for name in ("lambda_max", "gamma", "momentum", "weight_decay"):
+            v = getattr(self, name)
+            if not math.isfinite(v) or v < 0:
+                bad(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
+            bad(f"--lr must be a finite number > 0, got {self.lr}")
+        if self.optimizer not in DEFAULT_LR:
+            bad(f"unknown optimizer {self.optimizer!r} (sgd, adam)")
+        if self.lr_schedule not in ("ganin", "constant"):
+            bad(f"unknown lr schedule {self.lr_schedule!r} (ganin, constant)")
+        if self.lambda_schedule not in ("ganin", "constant"):
+            bad(f"unknown lambda schedule {self.lambda_schedule!r} (ganin, constant)")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            bad(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

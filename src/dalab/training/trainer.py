@@ -1,0 +1,322 @@
+"""The one trainer: whole datasets as tensors on the device, a method's loss per step.
+
+Per step it slices a random batch of source (and target) images out of device-resident
+uint8 tensors with one index op, so there is no DataLoader and no per-sample Python.
+Ganin's schedules drive the learning rate, ``mu_p = mu_0 / (1 + 10 p)^0.75``, and the
+GRL strength (inside the method). Every ``eval_every`` epochs it evaluates, appends a
+metrics row, and writes an atomic resume checkpoint. Metrics stay on the device and are
+read once per log interval, so the GPU is never forced to wait each step.
+
+Protocol: target labels reach the loss only for the oracle ``target-only``; the target
+*test* accuracy recorded per epoch is for plots, and the model kept is always the last
+epoch's, never one chosen by a target score.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..data import load_domain
+from ..data.io import atomic_write_json, atomic_write_text
+from ..errors import DalabError, TrainingFailure
+from ..methods import Batch, Method, make_method
+from ..models.inference import accuracy_of, autocast_ctx
+from ..models.nets import DANNNet
+from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
+from .config import TrainConfig
+
+RUN_FILES = ("summary.json", "metrics.jsonl", "model.pt", "ckpt.pt")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise DalabError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise DalabError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)")
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def ganin_lr(lr0: float, p: float) -> float:
+    """Ganin's annealing: ``lr0 / (1 + 10 p) ** 0.75``."""
+    return lr0 / (1.0 + 10.0 * p) ** 0.75
+
+
+def _index_stream(n: int, count: int, gen: torch.Generator) -> torch.Tensor:
+    """``count`` indices in [0, n): concatenated random permutations (each image once per pass)."""
+    reps = math.ceil(count / n)
+    return torch.cat([torch.randperm(n, generator=gen) for _ in range(reps)])[:count]
+
+
+def _rng_state(gen: torch.Generator) -> dict:
+    st = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict, gen: torch.Generator) -> None:
+    torch.set_rng_state(st["torch"])
+    gen.set_state(st["gen"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class Trainer:
+    """Train one method on one source -> target pair. See :meth:`fit`."""
+
+    def __init__(self, config: TrainConfig, out: str | os.PathLike | None = None,
+                 method: Method | None = None, progress: bool = True, overwrite: bool = False,
+                 resume: bool = False, logger=None):
+        self.cfg = config.validate()
+        self.out = Path(out) if out is not None else None
+        self.method = method or make_method(config.method, lambda_max=config.lambda_max,
+                                            schedule=config.lambda_schedule, gamma=config.gamma)
+        self.progress = progress
+        self.overwrite = overwrite
+        self.resume = resume
+        self.logger = logger  # optional callable(epoch_metrics: dict), e.g. TensorBoard
+        self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_out(self) -> dict | None:
+        """Check the output folder; return a resume checkpoint if one should be used."""
+        if self.out is None:
+            return None
+        if self.out.exists() and not self.out.is_dir():
+            raise DalabError(f"--out {self.out}: exists and is not a folder")
+        existing = [f for f in RUN_FILES if (self.out / f).exists()]
+        if self.resume and (self.out / "ckpt.pt").exists():
+            ck = load_checked(self.out / "ckpt.pt", CKPT_FORMAT)
+            mine = self.cfg.to_dict()
+            theirs = {k: v for k, v in ck["config"].items() if k in mine}
+            diff = [k for k in mine if k not in ("device", "data_dir", "epochs") and theirs.get(k) != mine[k]]
+            if diff:
+                raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
+            return ck
+        if existing and not (self.overwrite or self.resume):
+            raise DalabError(f"--out {self.out} already holds a run ({', '.join(existing)}); "
+                             "pass --overwrite to replace it or --resume to continue it")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            raise DalabError(f"--out {self.out}: cannot write there ({e.strerror})") from None
+        if self.overwrite:
+            for f in RUN_FILES:
+                (self.out / f).unlink(missing_ok=True)
+        return None
+
+    def _load_data(self):
+        cfg = self.cfg
+        src = load_domain(cfg.source, cfg.data_dir)
+        tgt = load_domain(cfg.target, cfg.data_dir)
+        dev = self.device
+        d = {"src": src, "tgt": tgt}
+        d["xs"], d["ys"] = src["train"].tensors(dev, cfg.limit_train)
+        if self.method.uses_target:
+            d["xt"], d["yt_train"] = tgt["train"].tensors(dev, cfg.limit_train)
+        for key, dom, split in (("src_val", src, "val"), ("src_test", src, "test"), ("tgt_test", tgt, "test")):
+            d[key] = dom[split].tensors(dev, cfg.limit_eval)
+        return d
+
+    def _build(self, data) -> tuple[DANNNet, torch.optim.Optimizer]:
+        cfg = self.cfg
+        model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm).to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        lr = cfg.resolved_lr()
+        if cfg.optimizer == "sgd":
+            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+        return model, opt
+
+    def model_config(self) -> dict:
+        return {"arch": "ganin-mnist", "num_classes": 10, "batch_norm": self.cfg.batch_norm,
+                "input": [3, 28, 28], "method": self.method.name, "source": self.cfg.source,
+                "target": self.cfg.target}
+
+    # ------------------------------------------------------------------ training
+    def evaluate(self, model, data) -> dict:
+        ev = {}
+        for key, name in (("src_val", "source_val_acc"), ("src_test", "source_test_acc"),
+                          ("tgt_test", "target_test_acc")):
+            x, y = data[key]
+            ev[name] = accuracy_of(model, x, y, precision=self.precision)
+        return ev
+
+    def fit(self) -> dict:
+        cfg = self.cfg
+        wall0 = time.perf_counter()
+        resume_ck = self._prepare_out()
+        torch.manual_seed(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        data = self._load_data()
+        model, opt = self._build(data)
+        B = cfg.batch_size
+        primary = "xt" if self.method.name == "target-only" else "xs"
+        n_primary = len(data[primary])
+        if B > n_primary:
+            raise DalabError(f"--batch-size {B} is larger than the training set ({n_primary} images)")
+        steps = n_primary // B
+        total = steps * cfg.epochs
+        lr0 = cfg.resolved_lr()
+        history: list[dict] = []
+        start_epoch, train_seconds = 0, 0.0
+        if resume_ck is not None:
+            model.load_state_dict(resume_ck["model"])
+            opt.load_state_dict(resume_ck["optimizer"])
+            _set_rng_state(resume_ck["rng"], gen)
+            start_epoch = int(resume_ck["epoch"])
+            train_seconds = float(resume_ck["train_seconds"])
+            history = [json.loads(s) for s in resume_ck["history"]]
+        status, failure = "completed", None
+        cuda = self.device.type == "cuda"
+        check_every = 50 if cuda else 1
+        model.train()
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            ps = _index_stream(len(data["xs"]), steps * B, gen).to(self.device) if "xs" in data else None
+            pt = _index_stream(len(data["xt"]), steps * B, gen).to(self.device) if "xt" in data else None
+            sums: dict[str, torch.Tensor] = {}
+            bar = self._bar(steps, epoch)
+            for i in range(steps):
+                p = (epoch * steps + i) / total
+                lr = ganin_lr(lr0, p) if cfg.lr_schedule == "ganin" else lr0
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                sl = slice(i * B, (i + 1) * B)
+                batch = Batch(
+                    xs=data["xs"][ps[sl]] if ps is not None else None,
+                    ys=data["ys"][ps[sl]] if ps is not None else None,
+                    xt=data["xt"][pt[sl]] if pt is not None else None,
+                    yt=data["yt_train"][pt[sl]] if (pt is not None and self.method.uses_target_labels) else None,
+                    p=p)
+                with autocast_ctx(self.device, self.precision):
+                    loss, logs = self.method.loss(model, batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for k, v in logs.items():
+                    sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
+                if (i + 1) % check_every == 0 and not torch.isfinite(loss).item():
+                    status = "diverged"
+                    failure = (f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1} "
+                               f"(lr={lr:.4g}, lambda_max={cfg.lambda_max}): lambda or learning rate is "
+                               "likely too large")
+                    break
+                if bar is not None and (i % 50 == 0 or i == steps - 1):
+                    bar.set_postfix({k: f"{(v / (i + 1)).item():.3f}" for k, v in sums.items()
+                                     if k in ("task_loss", "domain_loss", "domain_acc", "lambda")}, refresh=False)
+                if bar is not None:
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+            if status == "completed":
+                means = {k: (v / steps).item() for k, v in sums.items()}
+                if not all(math.isfinite(v) for v in means.values()):
+                    status = "diverged"
+                    failure = (f"non-finite training metrics in epoch {epoch + 1} (lambda or learning rate "
+                               "likely too large)")
+            train_seconds += time.perf_counter() - t0
+            if status != "completed":
+                break
+            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr,
+                       **{k: round(v, 6) for k, v in means.items()},
+                       **self.evaluate(model, data), "train_seconds": round(train_seconds, 3)}
+                history.append(row)
+                if self.logger is not None:
+                    self.logger(row)
+                self._checkpoint(model, opt, gen, epoch + 1, train_seconds, history)
+        summary = self._summary(model, data, history, status, failure, train_seconds,
+                                time.perf_counter() - wall0, steps)
+        if self.out is not None:
+            if status == "completed":
+                save_model(self.out / "model.pt", model, self.model_config())
+            atomic_write_json(self.out / "summary.json", summary)
+        return summary
+
+    def _bar(self, steps: int, epoch: int):
+        if not self.progress:
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=steps, desc=f"{self.method.name} epoch {epoch + 1}/{self.cfg.epochs}",
+                    unit="step", leave=False, file=sys.stderr, mininterval=0.5)
+
+    def _checkpoint(self, model, opt, gen, epoch, train_seconds, history) -> None:
+        if self.out is None:
+            return
+        atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+        save_atomic({"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
+                     "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "rng": _rng_state(gen), "train_seconds": train_seconds,
+                     "history": [json.dumps(r) for r in history]}, self.out / "ckpt.pt")
+
+    def _summary(self, model, data, history, status, failure, train_seconds, wall, steps) -> dict:
+        cfg = self.cfg
+        last = history[-1] if history else {}
+        s = {
+            "method": self.method.name, "source": cfg.source, "target": cfg.target, "seed": cfg.seed,
+            "epochs": cfg.epochs, "epochs_done": last.get("epoch", 0), "status": status,
+            "source_test_acc": last.get("source_test_acc", float("nan")) if status == "completed" else None,
+            "target_test_acc": last.get("target_test_acc", float("nan")) if status == "completed" else None,
+            "source_val_acc": last.get("source_val_acc", float("nan")) if status == "completed" else None,
+            "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall, 3),
+            "device": str(self.device), "device_name": _device_name(self.device),
+            "precision": self.precision, "dalab_version": __version__, "torch_version": torch.__version__,
+            "steps_per_epoch": steps, "images_per_step": cfg.batch_size * (2 if self.method.uses_target and
+                                                                          self.method.name != "target-only" else 1),
+            "uses_target_labels": self.method.uses_target_labels,
+            "model_selection": "last epoch (no checkpoint is chosen with target labels)",
+            "source_description": data["src"].description, "target_description": data["tgt"].description,
+            "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,
+            "method_params": self.method.describe(), "config": cfg.to_dict(),
+        }
+        if failure:
+            s["failure"] = failure
+        return s
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} cpus, {torch.get_num_threads()} threads)"
+
+
+def train(config: TrainConfig, out=None, **kwargs) -> dict:
+    """Convenience wrapper: ``Trainer(config, out, **kwargs).fit()``."""
+    return Trainer(config, out, **kwargs).fit()
