@@ -52,6 +52,7 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
     p.add_argument("--limit-eval", type=positive_int, default=None, help="evaluate on the first N images")
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="epochs between evaluations")
+    p.add_argument("--init-from", default=None, help="start from the weights of this model.pt")
     add_data_dir(p)
 
 
@@ -62,7 +63,8 @@ def config_from_args(args) -> TrainConfig:
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
         weight_decay=args.weight_decay, batch_norm=args.batch_norm, precision=args.precision,
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
-        limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir).validate()
+        limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,
+        init_from=args.init_from).validate()
 
 
 def add_parser(sub) -> None:

@@ -22,15 +22,21 @@ from torch import nn
 class Batch:
     """One step's data. ``yt`` is only ever filled for methods with ``uses_target_labels``."""
 
-    xs: torch.Tensor            # source images (B, 3, H, W), uint8 or float
-    ys: torch.Tensor            # source labels (B,)
+    xs: torch.Tensor | None     # source images (B, 3, H, W), uint8 or float
+    ys: torch.Tensor | None     # source labels (B,)
     xt: torch.Tensor | None     # target images, unlabelled for adaptation methods
     yt: torch.Tensor | None = None
     p: float = 0.0              # training progress in [0, 1] (drives schedules)
+    idx_t: torch.Tensor | None = None  # indices of ``xt`` in the target training set
 
 
-class Method:
-    """Base class. Subclasses set ``name`` and implement :meth:`loss`."""
+class Method(nn.Module):
+    """Base class: an ``nn.Module`` so a method may own parameters (a discriminator) or
+    buffers (a teacher). The trainer optimises ``model.parameters()`` plus the method's
+    own ``parameters()`` and checkpoints the method's ``state_dict()``.
+
+    Subclasses set ``name`` and implement :meth:`loss`; hooks are optional.
+    """
 
     name: ClassVar[str] = "base"
     uses_target: ClassVar[bool] = True          # needs unlabelled target images
@@ -40,9 +46,23 @@ class Method:
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Called once before training (build modules that depend on the model)."""
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, target_x: torch.Tensor | None) -> dict:
+        """Called before each epoch with the whole unlabelled target training set.
+
+        Returns metrics to record (floats); e.g. pseudo-labelling relabels here.
+        """
+        return {}
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after each optimiser step (e.g. an EMA teacher update)."""
+
     def describe(self) -> dict:
         """Hyper-parameters worth recording in summaries."""
-        return {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, bool))}
+        return {k: v for k, v in vars(self).items()
+                if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
 
 
 def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ class DANN(Method):
 
     def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0,
                  reverse: bool = True):
+        super().__init__()
         self.lambda_max = float(lambda_max)
         self.schedule = schedule
         self.gamma = float(gamma)

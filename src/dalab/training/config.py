@@ -34,6 +34,7 @@ class TrainConfig:
     limit_eval: int | None = None   # evaluate on the first N images of each eval split
     eval_every: int = 1             # epochs between evaluations / checkpoints
     data_dir: str | None = None
+    init_from: str | None = None    # start from the weights of a model.pt (e.g. for pseudo-labelling)
 
     def resolved_lr(self) -> float:
         return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])

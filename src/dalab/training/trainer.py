@@ -154,13 +154,25 @@ class Trainer:
     def _build(self, data) -> tuple[DANNNet, torch.optim.Optimizer]:
         cfg = self.cfg
         model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm).to(self.device)
+        if cfg.init_from:
+            from .checkpoint import load_model
+
+            init, _ = load_model(cfg.init_from, self.device)
+            try:
+                model.load_state_dict(init.state_dict())
+            except RuntimeError:
+                raise DalabError(f"--init-from {cfg.init_from}: weights do not fit this network "
+                                 "(batch norm setting differs?)") from None
         if cfg.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        self.method.to(self.device)
+        self.method.setup(model, self.device)
+        params = list(model.parameters()) + list(self.method.parameters())
         lr = cfg.resolved_lr()
         if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+            opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:
-            opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+            opt = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
         return model, opt
 
     def model_config(self) -> dict:
@@ -197,6 +209,7 @@ class Trainer:
         start_epoch, train_seconds = 0, 0.0
         if resume_ck is not None:
             model.load_state_dict(resume_ck["model"])
+            self.method.load_state_dict(resume_ck["method"])
             opt.load_state_dict(resume_ck["optimizer"])
             _set_rng_state(resume_ck["rng"], gen)
             start_epoch = int(resume_ck["epoch"])
@@ -211,6 +224,7 @@ class Trainer:
             ps = _index_stream(len(data["xs"]), steps * B, gen).to(self.device) if "xs" in data else None
             pt = _index_stream(len(data["xt"]), steps * B, gen).to(self.device) if "xt" in data else None
             sums: dict[str, torch.Tensor] = {}
+            epoch_logs = self.method.on_epoch_start(model, epoch, data.get("xt"))
             bar = self._bar(steps, epoch)
             for i in range(steps):
                 p = (epoch * steps + i) / total
@@ -223,12 +237,13 @@ class Trainer:
                     ys=data["ys"][ps[sl]] if ps is not None else None,
                     xt=data["xt"][pt[sl]] if pt is not None else None,
                     yt=data["yt_train"][pt[sl]] if (pt is not None and self.method.uses_target_labels) else None,
-                    p=p)
+                    p=p, idx_t=pt[sl] if pt is not None else None)
                 with autocast_ctx(self.device, self.precision):
                     loss, logs = self.method.loss(model, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                self.method.after_step(model)
                 for k, v in logs.items():
                     sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
                 if (i + 1) % check_every == 0 and not torch.isfinite(loss).item():
@@ -255,7 +270,7 @@ class Trainer:
                 break
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr,
-                       **{k: round(v, 6) for k, v in means.items()},
+                       **{k: round(v, 6) for k, v in means.items()}, **epoch_logs,
                        **self.evaluate(model, data), "train_seconds": round(train_seconds, 3)}
                 history.append(row)
                 if self.logger is not None:
@@ -282,7 +297,8 @@ class Trainer:
             return
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         save_atomic({"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
-                     "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "model": model.state_dict(), "method": self.method.state_dict(),
+                     "optimizer": opt.state_dict(),
                      "rng": _rng_state(gen), "train_seconds": train_seconds,
                      "history": [json.dumps(r) for r in history]}, self.out / "ckpt.pt")
 

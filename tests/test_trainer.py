@@ -1,0 +1,95 @@
+import json
+
+import pytest
+import torch
+
+from dalab.errors import DalabError
+from dalab.training import TrainConfig, Trainer, ganin_lr, load_model
+
+
+def cfg(tiny, **kw):
+    base = dict(method="dann", epochs=2, batch_size=32, data_dir=str(tiny), precision="fp32", seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["source-only", "dann", "no-grl", "target-only"])
+def test_every_method_trains_and_writes_the_contract_files(tiny_data, tmp_path, method):
+    out = tmp_path / method
+    s = Trainer(cfg(tiny_data, method=method), out, progress=False).fit()
+    for f in ("summary.json", "metrics.jsonl", "model.pt", "ckpt.pt"):
+        assert (out / f).is_file()
+    saved = json.loads((out / "summary.json").read_text())
+    for k in ("method", "source", "target", "seed", "epochs", "source_test_acc", "target_test_acc",
+              "source_val_acc", "train_seconds", "device", "dalab_version"):
+        assert k in saved
+    assert saved["method"] == method and saved["status"] == "completed"
+    assert 0.0 <= saved["target_test_acc"] <= 1.0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert saved["uses_target_labels"] == (method == "target-only")
+    obj = torch.load(out / "model.pt", weights_only=True)
+    assert obj["config"]["method"] == method
+    model, _ = load_model(out / "model.pt")
+    assert model(torch.zeros(2, 3, 28, 28, dtype=torch.uint8)).shape == (2, 10)
+    assert s["target_test_acc"] == saved["target_test_acc"]
+
+
+def test_source_only_learns_the_tiny_task(tiny_data):
+    s = Trainer(cfg(tiny_data, method="source-only", epochs=4, optimizer="adam"), progress=False).fit()
+    assert s["source_test_acc"] > 0.9
+
+
+def test_dann_metrics_are_recorded_each_epoch(tiny_data, tmp_path):
+    Trainer(cfg(tiny_data), tmp_path / "r", progress=False).fit()
+    rows = [json.loads(l) for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        for k in ("task_loss", "domain_loss", "domain_acc", "lambda", "source_val_acc", "target_test_acc", "lr"):
+            assert k in r
+        assert 0 <= r["domain_acc"] <= 1
+    assert rows[1]["lambda"] > rows[0]["lambda"] > 0  # Ganin ramp
+
+
+def test_same_seed_same_result_on_cpu(tiny_data, tmp_path):
+    a = Trainer(cfg(tiny_data), tmp_path / "a", progress=False).fit()
+    b = Trainer(cfg(tiny_data), tmp_path / "b", progress=False).fit()
+    assert a["target_test_acc"] == b["target_test_acc"] and a["source_test_acc"] == b["source_test_acc"]
+    wa = torch.load(tmp_path / "a" / "model.pt", weights_only=True)["state_dict"]
+    wb = torch.load(tmp_path / "b" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_existing_run_needs_overwrite(tiny_data, tmp_path):
+    Trainer(cfg(tiny_data, epochs=1), tmp_path / "r", progress=False).fit()
+    before = (tmp_path / "r" / "summary.json").read_text()
+    with pytest.raises(DalabError, match="--overwrite"):
+        Trainer(cfg(tiny_data, epochs=1), tmp_path / "r", progress=False).fit()
+    assert (tmp_path / "r" / "summary.json").read_text() == before
+
+
+def test_divergence_is_recorded_not_crashing(tiny_data, tmp_path):
+    s = Trainer(cfg(tiny_data, lr=1e6, lr_schedule="constant", epochs=2), tmp_path / "d", progress=False).fit()
+    assert s["status"] == "diverged" and "too large" in s["failure"]
+    saved = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert saved["status"] == "diverged" and saved["target_test_acc"] is None
+    assert not (tmp_path / "d" / "model.pt").exists()
+
+
+def test_ganin_lr_schedule():
+    assert ganin_lr(0.01, 0.0) == 0.01
+    assert abs(ganin_lr(0.01, 1.0) - 0.01 / 11 ** 0.75) < 1e-12
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=-1), dict(lambda_max=float("nan")),
+                                 dict(lr=0.0), dict(optimizer="rmsprop"), dict(precision="fp8"),
+                                 dict(lambda_schedule="cosine")])
+def test_config_validation(tiny_data, bad):
+    with pytest.raises(DalabError):
+        cfg(tiny_data, **bad).validate()
+
+
+def test_init_from_warm_starts(tiny_data, tmp_path):
+    Trainer(cfg(tiny_data, method="source-only", epochs=4, optimizer="adam"), tmp_path / "a", progress=False).fit()
+    s = Trainer(cfg(tiny_data, method="dann", epochs=1, init_from=str(tmp_path / "a" / "model.pt")),
+                tmp_path / "b", progress=False).fit()
+    assert s["config"]["init_from"].endswith("model.pt") and s["source_test_acc"] > 0.8
