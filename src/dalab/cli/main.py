@@ -7,16 +7,17 @@ import sys
 
 from .. import __version__
 from ..errors import DalabError
-from . import data_cmd, train_cmd
+from . import benchmark_cmd, data_cmd, predict_cmd, select_cmd, study_cmd, toy_cmd, train_cmd
 from .common import HelpFormatter, Parser
 
-SUBCOMMANDS = [data_cmd, train_cmd]
+SUBCOMMANDS = [data_cmd, train_cmd, predict_cmd, select_cmd, benchmark_cmd, study_cmd, toy_cmd]
 
 EPILOG = """quick start:
   dalab data prepare                          # offline: MNIST + rebuilt MNIST-M
   dalab quickstart                            # source-only vs DANN, prints a table
   dalab train --method dann --out runs/dann   # one run -> summary.json, metrics.jsonl, model.pt
   dalab evaluate --checkpoint runs/dann/model.pt --domain mnistm
+  dalab study --preset quick --out runs/study  # the practical's 4 questions -> report.html
 
 Run `dalab COMMAND --help` for each command's options and examples.
 """

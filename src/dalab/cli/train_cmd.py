@@ -18,10 +18,14 @@ TRAIN_EPILOG = """examples:
   dalab train --method source-only --out runs/src --epochs 10
   dalab train --method dann --lambda-max 0.3 --lambda-schedule constant --out runs/dann-l03
   dalab train --method dann --out runs/dann --resume     # continue a killed run
+  dalab train --method dann --out runs/dann --tensorboard  # + live curves: tensorboard --logdir runs/dann/tb
 
 Writes OUT/summary.json, OUT/metrics.jsonl (one row per epoch), OUT/model.pt (final
 weights, last epoch) and OUT/ckpt.pt (resume point). Target labels are used only by the
 oracle target-only; the target test accuracy is measured, never used to pick a model.
+The progress bar shows the epoch's running task/domain losses, the domain classifier's
+accuracy and the current GRL strength lambda. --tensorboard also writes event files of
+every metrics row to OUT/tb/ (needs `pip install tensorboard`).
 Exit codes: 0 ok, 1 run failed (e.g. diverged), 2 bad input.
 """
 
@@ -45,6 +49,8 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--gamma", type=nonneg_float, default=d.gamma, help="steepness of the ganin lambda ramp")
     p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
     p.add_argument("--batch-norm", action="store_true", help="batch norm in the feature extractor")
+    p.add_argument("--input-norm", choices=["none", "instance"], default=d.input_norm,
+                   help="input normalisation: none = (x - 0.5) / 0.5, instance = per image and channel")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
                    help="auto: bf16 autocast where the CPU/GPU supports it")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -53,6 +59,8 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--limit-eval", type=positive_int, default=None, help="evaluate on the first N images")
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="epochs between evaluations")
     p.add_argument("--init-from", default=None, help="start from the weights of this model.pt")
+    p.add_argument("--method-arg", dest="method_args", action="append", default=None, metavar="KEY=VALUE",
+                   type=method_arg, help="a method hyper-parameter, repeatable (e.g. --method-arg beta=0.01)")
     add_data_dir(p)
 
 
@@ -61,10 +69,30 @@ def config_from_args(args) -> TrainConfig:
         method=args.method, source=args.source, target=args.target, epochs=args.epochs, seed=args.seed,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
-        weight_decay=args.weight_decay, batch_norm=args.batch_norm, precision=args.precision,
+        weight_decay=args.weight_decay, batch_norm=args.batch_norm, input_norm=args.input_norm,
+        precision=args.precision,
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
         limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,
-        init_from=args.init_from).validate()
+        init_from=args.init_from,
+        method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
+
+
+def method_arg(s: str) -> tuple[str, object]:
+    """``KEY=VALUE`` -> (key, value) with VALUE parsed as int, float, bool or kept a string."""
+    import argparse
+
+    key, sep, raw = s.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {s!r}")
+    low = raw.strip().lower()
+    if low in ("true", "false"):
+        return key.strip().replace("-", "_"), low == "true"
+    for conv in (int, float):
+        try:
+            return key.strip().replace("-", "_"), conv(raw)
+        except ValueError:
+            pass
+    return key.strip().replace("-", "_"), raw
 
 
 def add_parser(sub) -> None:
@@ -76,44 +104,64 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to OUT/tb/ (needs: pip install tensorboard)")
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("evaluate", help="accuracy of a saved model on a domain split",
                        formatter_class=HelpFormatter,
-                       epilog="example:\n  dalab evaluate --checkpoint runs/dann/model.pt --domain mnistm --split test")
+                       description="Accuracy of a model.pt (written by dalab train) on one split of a domain.",
+                       epilog="examples:\n  dalab evaluate --checkpoint runs/dann/model.pt --domain mnistm --split test\n"
+                              "  dalab evaluate --checkpoint runs/dann/model.pt --domain mnist --json")
     e.add_argument("--checkpoint", required=True, help="a model.pt written by dalab train")
-    e.add_argument("--domain", required=True)
+    e.add_argument("--domain", required=True, help="a registered domain (see `dalab data list`)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--device", default="auto")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_dir(e)
     e.set_defaults(func=run_evaluate)
 
     q = sub.add_parser("quickstart", help="the main job: source-only and DANN, then a table",
                        formatter_class=HelpFormatter,
-                       epilog="example:\n  dalab quickstart --out runs/quickstart --overwrite")
-    q.add_argument("--out", default="runs/quickstart")
-    q.add_argument("--epochs", type=positive_int, default=TrainConfig().epochs)
-    q.add_argument("--seed", type=nonneg_int, default=0)
-    q.add_argument("--device", default="auto")
+                       description="Train source-only and DANN on MNIST -> MNIST-M (one run folder each under\n"
+                                   "--out) and print a table of source and target test accuracy.",
+                       epilog="examples:\n  dalab quickstart --out runs/quickstart --overwrite\n"
+                              "  dalab quickstart --epochs 2 --limit-train 5000   # a quick look on a laptop\n"
+                              "  dalab quickstart --methods source-only,dann,no-grl")
+    q.add_argument("--out", default="runs/quickstart", help="folder holding one run folder per method")
+    q.add_argument("--epochs", type=positive_int, default=TrainConfig().epochs, help="epochs of every run")
+    q.add_argument("--seed", type=nonneg_int, default=0, help="seed of every run")
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     q.add_argument("--methods", default="source-only,dann", help="comma-separated methods")
-    q.add_argument("--overwrite", action="store_true")
-    q.add_argument("--limit-train", type=positive_int, default=None)
-    q.add_argument("--limit-eval", type=positive_int, default=None)
+    q.add_argument("--overwrite", action="store_true", help="replace finished runs in --out")
+    q.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
+    q.add_argument("--limit-eval", type=positive_int, default=None, help="evaluate on the first N images")
     add_data_dir(q)
     q.set_defaults(func=run_quickstart)
 
 
 def _fail_if_diverged(summary: dict) -> None:
     if summary.get("status") == "diverged":
-        raise TrainingFailure(f"run diverged: {summary.get('failure')}; last good checkpoint kept")
+        kept = (f"last good checkpoint (epoch {summary['epochs_done']}) kept" if summary.get("epochs_done")
+                else "no epoch finished, so there is no checkpoint")
+        raise TrainingFailure(f"run diverged: {summary.get('failure')}; {kept}")
 
 
 def run_train(args) -> int:
     cfg = config_from_args(args)
     if cfg.method not in METHODS:
         raise DalabError(f"unknown method {cfg.method!r} (known: {', '.join(METHODS)})")
-    summary = Trainer(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume).fit()
+    logger = None
+    if getattr(args, "tensorboard", False):
+        from ..training.tensorboard import TensorBoardLogger
+
+        logger = TensorBoardLogger(Path(args.out) / "tb", purge=args.overwrite and not args.resume)
+    try:
+        summary = Trainer(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite, resume=args.resume,
+                          logger=logger).fit()
+    finally:
+        if logger is not None:
+            logger.close()
     if args.json:
         print_json(summary)
     else:
@@ -161,5 +209,7 @@ def run_quickstart(args) -> int:
               f"| {s['train_seconds']:7.1f} |")
     print(f"\n(runs in {args.out}/; device {rows[0]['device']}, precision {rows[0]['precision']}; "
           "model = last epoch, no target label used)")
-    (Path(args.out) / "table.json").write_text(json.dumps(rows, indent=2))
+    from ..data.io import atomic_write_text
+
+    atomic_write_text(Path(args.out) / "table.json", json.dumps(rows, indent=2))
     return 0

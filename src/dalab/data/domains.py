@@ -25,6 +25,11 @@ SPLIT_NAMES = ("train", "val", "test")
 
 @dataclass
 class Split:
+    """One split of a domain: images ``x`` (N, H, W[, C]) uint8 and labels ``y`` (N,) int64.
+
+    ``tensors()`` gives (N, 3, H, W) uint8 torch tensors, ``dataset()`` a ``TensorDataset``.
+    """
+
     x: np.ndarray  # (N, H, W, C) or (N, H, W) uint8
     y: np.ndarray  # (N,) int64
 
@@ -46,13 +51,25 @@ class Split:
             t = t.expand(-1, 3, -1, -1)
         return t.contiguous().to(device), torch.from_numpy(np.asarray(y, np.int64)).to(device)
 
+    def dataset(self, device="cpu", limit: int | None = None):
+        """The split as a ``torch.utils.data.TensorDataset`` of (image (3, H, W) uint8, label).
+
+        For a user's own ``DataLoader`` loop; the same tensors as :meth:`tensors`.
+        """
+        from torch.utils.data import TensorDataset
+
+        return TensorDataset(*self.tensors(device, limit))
+
 
 @dataclass
 class Domain:
+    """A named domain with ``splits`` train / val / test; ``domain["train"]`` is a :class:`Split`."""
+
     name: str
     description: str
     splits: dict[str, Split] = field(default_factory=dict)
     num_classes: int = 10
+    classes: tuple[str, ...] | None = None  # class names; None = the digits 0..9 (label = digit)
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
@@ -73,6 +90,7 @@ REGISTRY: dict[str, DomainSpec] = {}
 
 
 def register(spec: DomainSpec) -> DomainSpec:
+    """Add (or replace) a domain in the registry, so ``load_domain(spec.name)`` finds it."""
     REGISTRY[spec.name] = spec
     return spec
 
@@ -109,6 +127,13 @@ register(DomainSpec("mnistm-real", "the real MNIST-M, imported with `dalab data 
 def load_domain(name: str, root=None) -> Domain:
     """Load a registered domain from the cache folder (``dalab data prepare`` builds it)."""
     root = data_dir(root)
+    if name.startswith("folder:"):  # any image folder, see data/folder.py (cached by path + mtimes)
+        from .folder import load_folder_domain
+
+        return load_folder_domain(name, root)
     if name not in REGISTRY:
-        raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))})")
+        raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, or folder:PATH)")
     return REGISTRY[name].load(root)
+
+
+from . import more_domains  # noqa: E402,F401  (registers syndigits, uci-digits, svhn, usps)

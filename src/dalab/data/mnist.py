@@ -35,6 +35,9 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # protocol-2 pickles (like mnistm_data.pkl) store raw bytes this way
+        ("numpy.core.numeric", "_frombuffer"),  # protocol-5 pickles of arrays (refuses object dtype)
+        ("numpy._core.numeric", "_frombuffer"),
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
     }
@@ -136,6 +139,8 @@ def load_mnist_arrays(root: Path) -> dict[str, np.ndarray]:
 
 def prepare_mnist(root: Path, pickle_path=None, force: bool = False) -> Path:
     path = root / CACHE_NAME
+    if pickle_path is not None and not Path(pickle_path).is_file():  # never ignore a file the user named
+        raise DataError(f"--mnist-pickle {pickle_path}: no such file")
     with file_lock(root / ".mnist.lock"):
         if path.is_file() and not force:
             load_npz_checked(path, "mnist")  # a corrupt cache is reported, not reused silently

@@ -62,12 +62,13 @@ def read_rgb(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(im, dtype=np.float64)
+            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit int or float: scale to 0..255
+                arr = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+                arr = arr - min(arr.min(), 0.0)
                 hi = arr.max() or 1.0
                 im = Image.fromarray((arr * (255.0 / hi)).astype(np.uint8))
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def data_dir(override: str | os.PathLike | None = None) -> Path:
+    """The cache folder: ``override``, else ``$DALAB_DATA``, else ``$XDG_CACHE_HOME/dalab`` or ``~/.cache/dalab``."""
     if override:
         return Path(override).expanduser()
     env = os.environ.get("DALAB_DATA")

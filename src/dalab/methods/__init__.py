@@ -6,8 +6,32 @@ from ..errors import DalabError
 from .base import Batch, Method, accuracy
 from .basic import SourceOnly, TargetOnly
 from .dann import DANN, NoGRL, domain_adversarial_loss
+from .cdan import CDAN, CDANE
+from .consistency import FixMatch, MeanTeacher
+from .mcc import MCC
+from .vada import DIRTT, VADA
+from .pseudo_label import DANNPseudoLabel, PseudoLabel
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, DANN, NoGRL, TargetOnly)}
+METHODS.update({m.name: m for m in (CDAN, CDANE, VADA, DIRTT, MeanTeacher, FixMatch, MCC)})
+METHODS.update({m.name: m for m in (PseudoLabel, DANNPseudoLabel)})
+
+
+def check_method_args(name: str, args: dict | None) -> None:
+    """Explicit method hyper-parameters (``--method-arg``) must be ones the method takes."""
+    import inspect
+
+    if not args or name not in METHODS:
+        return
+    params = [k for k in inspect.signature(METHODS[name].__init__).parameters if k != "self"]
+    bad = [k for k in args if k not in params]
+    if bad:
+        raise DalabError(f"method {name!r} takes no {', '.join(bad)} (its hyper-parameters: "
+                         f"{', '.join(params) or 'none'})")
+    try:
+        METHODS[name](**args)
+    except (TypeError, ValueError) as e:
+        raise DalabError(f"method {name!r}: bad hyper-parameter value ({e})") from None
 
 
 def make_method(name: str, **kwargs) -> Method:
@@ -22,4 +46,6 @@ def make_method(name: str, **kwargs) -> Method:
 
 
 __all__ = ["Batch", "Method", "accuracy", "SourceOnly", "TargetOnly", "DANN", "NoGRL",
-           "domain_adversarial_loss", "METHODS", "make_method"]
+           "domain_adversarial_loss", "METHODS", "make_method", "check_method_args",
+           "CDAN", "CDANE", "VADA", "DIRTT", "MeanTeacher", "FixMatch", "MCC",
+           "PseudoLabel", "DANNPseudoLabel"]

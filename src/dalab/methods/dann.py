@@ -42,7 +42,30 @@ def domain_adversarial_loss(d_logits: torch.Tensor, n_source: int) -> tuple[torc
     return loss, acc
 
 
+def has_batch_norm(model) -> bool:
+    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+    """Features of source then target, (Bs + Bt, D).
+
+    Without batch norm one pass over the concatenated batch (fastest, same maths). With
+    batch norm, one pass per domain, so each domain is normalised with its own batch
+    statistics during training (as in common DANN implementations and AdaBN).
+    """
+    if has_batch_norm(model):
+        return torch.cat([model.features(xs), model.features(xt)])
+    return model.features(torch.cat([xs, xt]))
+
+
 class DANN(Method):
+    r"""Domain-adversarial training (see the module docstring for the loss).
+
+    ``lambda_max``, ``schedule`` (``"ganin"`` ramp or ``"constant"``) and ``gamma`` set the GRL
+    strength :math:`\lambda_p` at progress ``batch.p``; ``reverse=False`` gives :class:`NoGRL`.
+    Needs a model with ``features``, ``classify`` and ``domain_logits`` (e.g. :class:`DANNNet`).
+    """
+
     name = "dann"
     needs_domain_head = True
 
@@ -60,7 +83,7 @@ class DANN(Method):
 
     def loss(self, model, batch: Batch):
         ns = batch.xs.shape[0]
-        f = model.features(torch.cat([batch.xs, batch.xt]))
+        f = features_per_domain(model, batch.xs, batch.xt)
         logits = model.classify(f[:ns])
         task = F.cross_entropy(logits, batch.ys)
         lam = self.current_lambda(batch.p)

@@ -32,6 +32,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
 
 @torch.inference_mode()
 def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+    """Features ``model.features(x)`` (N, D) as float32, in eval mode and batches (e.g. for a t-SNE)."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
@@ -42,6 +43,7 @@ def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) 
 
 def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048,
                 precision: str = "fp32") -> float:
+    """Top-1 accuracy of ``argmax model(x)`` against labels ``y`` (``nan`` for an empty set)."""
     if len(y) == 0:
         return float("nan")
     logits = predict_logits(model, x, batch_size, precision)

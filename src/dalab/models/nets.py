@@ -6,7 +6,8 @@
 - :class:`DomainHead` ("pink"): FC 768->100 -> ReLU -> FC 100->1 (a logit; source=1, target=0).
 
 The model takes uint8 images (N, 3, 28, 28) or floats in [0, 1] and normalises them the
-same way for every domain: ``(x - 0.5) / 0.5``. Grey images are repeated to 3 channels
+same way for every domain: ``(x - 0.5) / 0.5``, or, with ``input_norm="instance"``, each
+image and channel to zero mean and unit variance. Grey images are repeated to 3 channels
 by the data layer. Any ``nn.Module`` that maps images to a flat feature vector can
 replace the feature extractor (see :class:`DANNNet`).
 """
@@ -26,9 +27,29 @@ def to_unit_float(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+INPUT_NORMS = ("none", "instance")
+
+
+def instance_normalize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per image and channel: ``(x - mean_HW) / sqrt(var_HW + eps)`` (Shu et al. 2018 use this on
+    digits: it removes most of MNIST-M's colour/contrast shift before the first conv)."""
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    var = x.var(dim=(-2, -1), keepdim=True, unbiased=False)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
 class FeatureExtractor(nn.Module):
-    def __init__(self, in_channels: int = 3, batch_norm: bool = False):
+    r"""Ganin's green part :math:`F`: (N, 3, 28, 28) images -> (N, 768) features ``out_features``.
+
+    conv 5x5 (3->32) - ReLU - maxpool 2 - conv 5x5 (32->48) - ReLU - maxpool 2 - flatten,
+    after the input normalisation described in the module docstring.
+    """
+
+    def __init__(self, in_channels: int = 3, batch_norm: bool = False, input_norm: str = "none"):
         super().__init__()
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"unknown input_norm {input_norm!r} ({', '.join(INPUT_NORMS)})")
+        self.input_norm = input_norm
         bn = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 32, 5), bn(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -38,11 +59,17 @@ class FeatureExtractor(nn.Module):
         self.out_features = 48 * 4 * 4
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (to_unit_float(x) - 0.5) / 0.5
+        x = to_unit_float(x)
+        if self.input_norm == "instance":
+            x = instance_normalize(x)
+        else:
+            x = (x - 0.5) / 0.5
         return self.net(x)
 
 
 class LabelHead(nn.Module):
+    r"""Ganin's blue part :math:`C`: features (N, D) -> class logits (N, K) (FC-ReLU-FC-ReLU-FC, 100 hidden)."""
+
     def __init__(self, in_features: int = 768, num_classes: int = 10, hidden: int = 100):
         super().__init__()
         self.net = nn.Sequential(
@@ -56,6 +83,11 @@ class LabelHead(nn.Module):
 
 
 class DomainHead(nn.Module):
+    r"""Ganin's pink part :math:`D`: features (N, D) -> one domain logit (N,) (source 1, target 0).
+
+    Put behind a GRL (:meth:`DANNNet.domain_logits`) it is the adversary of the features.
+    """
+
     def __init__(self, in_features: int = 768, hidden: int = 100):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
@@ -73,9 +105,10 @@ class DANNNet(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, batch_norm: bool = False,
-                 feature_extractor: nn.Module | None = None, feature_dim: int | None = None):
+                 feature_extractor: nn.Module | None = None, feature_dim: int | None = None,
+                 input_norm: str = "none"):
         super().__init__()
-        self.features_net = feature_extractor or FeatureExtractor(batch_norm=batch_norm)
+        self.features_net = feature_extractor or FeatureExtractor(batch_norm=batch_norm, input_norm=input_norm)
         dim = feature_dim or getattr(self.features_net, "out_features", None)
         if dim is None:
             raise ValueError("pass feature_dim for a custom feature extractor")
@@ -101,4 +134,5 @@ class DANNNet(nn.Module):
 def build_model(config: dict) -> DANNNet:
     """Rebuild a model from the plain config stored in checkpoints."""
     return DANNNet(num_classes=int(config.get("num_classes", 10)),
-                   batch_norm=bool(config.get("batch_norm", False)))
+                   batch_norm=bool(config.get("batch_norm", False)),
+                   input_norm=str(config.get("input_norm", "none")))

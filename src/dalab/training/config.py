@@ -27,6 +27,7 @@ class TrainConfig:
     lambda_schedule: str = "ganin"  # ganin ramp with gamma, or constant
     gamma: float = 10.0
     batch_norm: bool = False
+    input_norm: str = "none"        # none: (x - 0.5) / 0.5 ; instance: per-image, per-channel standardisation
     precision: str = "auto"         # auto | fp32 | bf16
     channels_last: bool = True
     device: str = "auto"
@@ -35,6 +36,7 @@ class TrainConfig:
     eval_every: int = 1             # epochs between evaluations / checkpoints
     data_dir: str | None = None
     init_from: str | None = None    # start from the weights of a model.pt (e.g. for pseudo-labelling)
+    method_args: dict | None = None  # method-specific hyper-parameters, e.g. {"beta": 0.01} (make_method)
 
     def resolved_lr(self) -> float:
         return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
@@ -63,6 +65,8 @@ class TrainConfig:
             bad(f"unknown lr schedule {self.lr_schedule!r} (ganin, constant)")
         if self.lambda_schedule not in ("ganin", "constant"):
             bad(f"unknown lambda schedule {self.lambda_schedule!r} (ganin, constant)")
+        if self.input_norm not in ("none", "instance"):
+            bad(f"unknown input norm {self.input_norm!r} (none, instance)")
         if self.precision not in ("auto", "fp32", "bf16"):
             bad(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
         return self

@@ -26,13 +26,15 @@ import torch
 
 from .. import __version__
 from ..data import load_domain
+from ..data.folder import check_pair
 from ..data.io import atomic_write_json, atomic_write_text
 from ..errors import DalabError, TrainingFailure
-from ..methods import Batch, Method, make_method
+from ..methods import Batch, Method, check_method_args, make_method
 from ..models.inference import accuracy_of, autocast_ctx
 from ..models.nets import DANNNet
 from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
 from .config import TrainConfig
+from .distributed import all_finite, all_mean, barrier, env_dist_info, init_distributed, wrap_step
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "model.pt", "ckpt.pt")
 
@@ -95,16 +97,28 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, out: str | os.PathLike | None = None,
                  method: Method | None = None, progress: bool = True, overwrite: bool = False,
-                 resume: bool = False, logger=None):
+                 resume: bool = False, logger=None, data=None, model: torch.nn.Module | None = None):
         self.cfg = config.validate()
         self.out = Path(out) if out is not None else None
+        if method is None:
+            check_method_args(config.method, config.method_args)
         self.method = method or make_method(config.method, lambda_max=config.lambda_max,
-                                            schedule=config.lambda_schedule, gamma=config.gamma)
+                                            schedule=config.lambda_schedule, gamma=config.gamma,
+                                            **(config.method_args or {}))
         self.progress = progress
         self.overwrite = overwrite
         self.resume = resume
         self.logger = logger  # optional callable(epoch_metrics: dict), e.g. TensorBoard
+        # In-memory data (a ``TensorData``, see training/in_memory.py) replaces the domains on
+        # disk, and a user's own network replaces the default DANNNet; same loop either way.
+        self.data = data
+        self.user_model = model
+        self.model: torch.nn.Module | None = None  # the trained network, set by fit()
         self.device = resolve_device(config.device)
+        self.dist = env_dist_info()  # world size 1 unless launched by torchrun
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
         self.precision = resolve_precision(config.precision, self.device)
 
     # ------------------------------------------------------------------ set-up
@@ -122,6 +136,7 @@ class Trainer:
             diff = [k for k in mine if k not in ("device", "data_dir", "epochs") and theirs.get(k) != mine[k]]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
+            self._remove_stale_tmp()
             return ck
         if existing and not (self.overwrite or self.resume):
             raise DalabError(f"--out {self.out} already holds a run ({', '.join(existing)}); "
@@ -136,12 +151,22 @@ class Trainer:
         if self.overwrite:
             for f in RUN_FILES:
                 (self.out / f).unlink(missing_ok=True)
+        self._remove_stale_tmp()
         return None
 
+    def _remove_stale_tmp(self) -> None:
+        """Delete temporary files of a run killed mid-write (see ``atomic_write``); the real files are intact."""
+        for f in RUN_FILES:
+            for tmp in self.out.glob(f".{f}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
     def _load_data(self):
+        if self.data is not None:
+            return self.data.trainer_data(self.device, self.method)
         cfg = self.cfg
         src = load_domain(cfg.source, cfg.data_dir)
         tgt = load_domain(cfg.target, cfg.data_dir)
+        check_pair(src, tgt, self.method.uses_target_labels)  # unlabelled source, class-name mismatch
         dev = self.device
         d = {"src": src, "tgt": tgt}
         d["xs"], d["ys"] = src["train"].tensors(dev, cfg.limit_train)
@@ -153,7 +178,12 @@ class Trainer:
 
     def _build(self, data) -> tuple[DANNNet, torch.optim.Optimizer]:
         cfg = self.cfg
-        model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm).to(self.device)
+        self.num_classes = int(getattr(data["src"], "num_classes", 10))
+        if self.user_model is not None:
+            model = self.user_model.to(self.device)
+        else:
+            model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm,
+                            input_norm=cfg.input_norm).to(self.device)
         if cfg.init_from:
             from .checkpoint import load_model
 
@@ -176,7 +206,9 @@ class Trainer:
         return model, opt
 
     def model_config(self) -> dict:
-        return {"arch": "ganin-mnist", "num_classes": 10, "batch_norm": self.cfg.batch_norm,
+        return {"arch": "ganin-mnist" if self.user_model is None else "custom",
+                "num_classes": getattr(self, "num_classes", 10), "batch_norm": self.cfg.batch_norm,
+                "input_norm": self.cfg.input_norm,
                 "input": [3, 28, 28], "method": self.method.name, "source": self.cfg.source,
                 "target": self.cfg.target}
 
@@ -185,24 +217,43 @@ class Trainer:
         ev = {}
         for key, name in (("src_val", "source_val_acc"), ("src_test", "source_test_acc"),
                           ("tgt_test", "target_test_acc")):
+            if data.get(key) is None:  # in-memory data may come without some evaluation sets
+                continue
             x, y = data[key]
+            if len(y) and bool((y < 0).any()):  # unlabelled target (flat image folder): no accuracy
+                ev[name] = None
+                continue
             ev[name] = accuracy_of(model, x, y, precision=self.precision)
         return ev
 
     def fit(self) -> dict:
         cfg = self.cfg
         wall0 = time.perf_counter()
-        resume_ck = self._prepare_out()
+        init_distributed(self.dist, self.device)
+        W = self.dist.world_size
+        if cfg.batch_size % W:
+            raise DalabError(f"--batch-size {cfg.batch_size} (the global batch per domain) must be divisible "
+                             f"by the number of processes ({W})")
         torch.manual_seed(cfg.seed)
         gen = torch.Generator().manual_seed(cfg.seed)
         data = self._load_data()
         model, opt = self._build(data)
+        self.model = model
         B = cfg.batch_size
         primary = "xt" if self.method.name == "target-only" else "xs"
         n_primary = len(data[primary])
         if B > n_primary:
             raise DalabError(f"--batch-size {B} is larger than the training set ({n_primary} images)")
+        # only now, after every input check, touch --out: a bad flag never changes an earlier run
+        resume_ck = None
+        if self.dist.is_main:
+            resume_ck = self._prepare_out()
+        barrier(self.dist)
+        if not self.dist.is_main and self.resume and self.out is not None and (self.out / "ckpt.pt").exists():
+            resume_ck = load_checked(self.out / "ckpt.pt", CKPT_FORMAT)
         steps = n_primary // B
+        b, off = B // W, self.dist.rank * (B // W)  # this rank's slice of each global batch
+        runner = wrap_step(model, self.method, self.dist, self.device)
         total = steps * cfg.epochs
         lr0 = cfg.resolved_lr()
         history: list[dict] = []
@@ -225,13 +276,13 @@ class Trainer:
             pt = _index_stream(len(data["xt"]), steps * B, gen).to(self.device) if "xt" in data else None
             sums: dict[str, torch.Tensor] = {}
             epoch_logs = self.method.on_epoch_start(model, epoch, data.get("xt"))
-            bar = self._bar(steps, epoch)
+            bar = self._bar(steps, epoch) if self.dist.is_main else None
             for i in range(steps):
                 p = (epoch * steps + i) / total
                 lr = ganin_lr(lr0, p) if cfg.lr_schedule == "ganin" else lr0
                 for g in opt.param_groups:
                     g["lr"] = lr
-                sl = slice(i * B, (i + 1) * B)
+                sl = slice(i * B + off, i * B + off + b)
                 batch = Batch(
                     xs=data["xs"][ps[sl]] if ps is not None else None,
                     ys=data["ys"][ps[sl]] if ps is not None else None,
@@ -239,28 +290,30 @@ class Trainer:
                     yt=data["yt_train"][pt[sl]] if (pt is not None and self.method.uses_target_labels) else None,
                     p=p, idx_t=pt[sl] if pt is not None else None)
                 with autocast_ctx(self.device, self.precision):
-                    loss, logs = self.method.loss(model, batch)
+                    loss, logs = runner(batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 self.method.after_step(model)
                 for k, v in logs.items():
                     sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
-                if (i + 1) % check_every == 0 and not torch.isfinite(loss).item():
+                if (i + 1) % check_every == 0 and not all_finite(loss, self.dist):
                     status = "diverged"
                     failure = (f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1} "
                                f"(lr={lr:.4g}, lambda_max={cfg.lambda_max}): lambda or learning rate is "
                                "likely too large")
                     break
                 if bar is not None and (i % 50 == 0 or i == steps - 1):
-                    bar.set_postfix({k: f"{(v / (i + 1)).item():.3f}" for k, v in sums.items()
+                    # running means of the epoch's losses / domain accuracy; lambda as it is now
+                    bar.set_postfix({k: f"{(logs[k] if k == 'lambda' else v / (i + 1)).item():.3f}"
+                                     for k, v in sums.items()
                                      if k in ("task_loss", "domain_loss", "domain_acc", "lambda")}, refresh=False)
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
                 bar.close()
             if status == "completed":
-                means = {k: (v / steps).item() for k, v in sums.items()}
+                means = {k: v.item() for k, v in all_mean({k: v / steps for k, v in sums.items()}, self.dist).items()}
                 if not all(math.isfinite(v) for v in means.values()):
                     status = "diverged"
                     failure = (f"non-finite training metrics in epoch {epoch + 1} (lambda or learning rate "
@@ -273,12 +326,12 @@ class Trainer:
                        **{k: round(v, 6) for k, v in means.items()}, **epoch_logs,
                        **self.evaluate(model, data), "train_seconds": round(train_seconds, 3)}
                 history.append(row)
-                if self.logger is not None:
+                if self.logger is not None and self.dist.is_main:
                     self.logger(row)
                 self._checkpoint(model, opt, gen, epoch + 1, train_seconds, history)
         summary = self._summary(model, data, history, status, failure, train_seconds,
                                 time.perf_counter() - wall0, steps)
-        if self.out is not None:
+        if self.out is not None and self.dist.is_main:
             if status == "completed":
                 save_model(self.out / "model.pt", model, self.model_config())
             atomic_write_json(self.out / "summary.json", summary)
@@ -293,7 +346,7 @@ class Trainer:
                     unit="step", leave=False, file=sys.stderr, mininterval=0.5)
 
     def _checkpoint(self, model, opt, gen, epoch, train_seconds, history) -> None:
-        if self.out is None:
+        if self.out is None or not self.dist.is_main:
             return
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         save_atomic({"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
@@ -317,6 +370,8 @@ class Trainer:
             "steps_per_epoch": steps, "images_per_step": cfg.batch_size * (2 if self.method.uses_target and
                                                                           self.method.name != "target-only" else 1),
             "uses_target_labels": self.method.uses_target_labels,
+            "world_size": self.dist.world_size, "global_batch_per_domain": cfg.batch_size,
+            "batch_per_domain_per_rank": cfg.batch_size // self.dist.world_size,
             "model_selection": "last epoch (no checkpoint is chosen with target labels)",
             "source_description": data["src"].description, "target_description": data["tgt"].description,
             "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,

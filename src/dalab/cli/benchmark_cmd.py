@@ -1,0 +1,49 @@
+"""``dalab benchmark``: all methods, default hyper-parameters, N seeds, one table."""
+
+from __future__ import annotations
+
+from ..evaluation.benchmark import SUITES, run_benchmark
+from .common import HelpFormatter, add_data_dir, positive_int, print_json
+
+EPILOG = """examples:
+  dalab benchmark --suite digits-mnistm --seeds 3 --out runs/bench
+  dalab benchmark --suite digits-mnistm --seeds 1 --methods dann,vada,dirt-t --epochs 2 \\
+      --limit-train 20000 --out runs/bench-quick
+
+Runs OUT/<method>/seed<k>/ (reused when summary.json exists: re-running continues a
+stopped benchmark), then writes OUT/benchmark.md (the table) and OUT/benchmark.json.
+A diverged/failed run is listed and the rest go on. dirt-t starts from vada's model.pt
+of the same seed. Models are the last epoch's; no target label is used.
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("benchmark", help="every method x seeds on a suite, then a table", epilog=EPILOG,
+                       formatter_class=HelpFormatter, description="Benchmark all methods.")
+    p.add_argument("--suite", default="digits-mnistm", choices=sorted(SUITES))
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1")
+    p.add_argument("--out", required=True)
+    p.add_argument("--methods", default=None, help="comma-separated subset of the suite's methods")
+    p.add_argument("--epochs", type=positive_int, default=None, help="override every method's epochs")
+    p.add_argument("--limit-train", type=positive_int, default=None)
+    p.add_argument("--limit-eval", type=positive_int, default=None)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None)
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print the aggregated rows as JSON")
+    add_data_dir(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    res = run_benchmark(args.suite, args.seeds, args.out, methods=methods, epochs=args.epochs,
+                        limit_train=args.limit_train, limit_eval=args.limit_eval, device=args.device,
+                        data_dir=args.data_dir, precision=args.precision, progress=not args.quiet,
+                        log=(lambda *_: None) if args.json else print)
+    if args.json:
+        print_json(res["rows"])
+    else:
+        print()
+        print(res["table"])
+    return 0

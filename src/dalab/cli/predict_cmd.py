@@ -1,0 +1,78 @@
+"""``dalab predict --checkpoint model.pt PATH...``: label and confidence per image."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..data.images import find_images, load_images
+from ..errors import DalabError
+from .common import HelpFormatter
+
+EPILOG = """examples:
+  dalab predict --checkpoint runs/dann/model.pt digit.png photo.jpg
+  dalab predict --checkpoint runs/dann/model.pt my_digits/ --json
+
+Any image mode (grey, palette, RGBA, CMYK, 16-bit, float) and any size is converted to the
+model's input (28x28 RGB, bilinear resize, aspect ratio not kept). A folder contributes its
+image files (.png, .jpg, ...), recursively and sorted. Output: one line per image,
+"PATH<TAB>LABEL<TAB>CONFIDENCE" (softmax probability of the label), or a JSON object with --json.
+A path that cannot be read is reported on stderr by name (one line each) and the others are
+still predicted. Exit codes: 0 all predicted, 2 some path was not a readable image (or a bad
+checkpoint/flag: nothing predicted).
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict the label of image files with a saved model",
+                       epilog=EPILOG, formatter_class=HelpFormatter,
+                       description="Classify image files or folders with a model.pt written by dalab train.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
+    p.add_argument("--checkpoint", required=True, help="a model.pt written by dalab train")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object (predictions and errors)")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args) -> int:
+    import torch
+
+    from ..models.inference import predict_logits
+    from ..training import load_model, resolve_device
+
+    device = resolve_device(args.device)
+    model, config = load_model(args.checkpoint, device)  # bad checkpoint: one line, nothing predicted
+    size = int((config.get("input") or [3, 28, 28])[-1])
+    class_names = config.get("class_names")
+
+    files, errors = [], []
+    for p in args.paths:
+        try:
+            files.extend(find_images([p]))
+        except DalabError as e:
+            errors.append((p, str(e)))
+    x, ok, bad = load_images(files, size)
+    errors.extend((str(p), msg) for p, msg in bad)
+
+    preds = []
+    if len(ok):
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        probs = torch.softmax(predict_logits(model, t), dim=1)
+        conf, label = probs.max(dim=1)
+        for path, lab, c in zip(ok, label.tolist(), conf.tolist()):
+            row = {"path": str(path), "label": int(lab), "confidence": round(float(c), 6)}
+            if isinstance(class_names, (list, tuple)) and lab < len(class_names):
+                row["class_name"] = str(class_names[lab])
+            preds.append(row)
+
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "predictions": preds,
+                          "errors": [{"path": str(p), "error": m} for p, m in errors]}, indent=2))
+    else:
+        for r in preds:
+            name = f" ({r['class_name']})" if "class_name" in r else ""
+            print(f"{r['path']}\t{r['label']}{name}\t{r['confidence']:.4f}")
+    sys.stdout.flush()
+    for _, msg in errors:
+        sys.stderr.write(f"dalab: error: {msg}\n")
+    return 2 if errors else 0

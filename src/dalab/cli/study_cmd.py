@@ -1,0 +1,67 @@
+"""``dalab study``: run the practical's four experiments and write the report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DalabError
+from .common import HelpFormatter, add_data_dir, positive_int
+
+EPILOG = """examples:
+  dalab study --preset quick --out runs/study            # ~30 min on 2 CPU cores
+  dalab study --preset full --out runs/study-full --device cuda
+  dalab study --preset quick --out runs/study --report-only   # rebuild the report from finished runs
+
+Writes DIR/report.md, DIR/report.html (self-contained), DIR/figures/*.png and
+DIR/results.json. Each run lives in DIR/runs/<budget>/<config>-s<seed>/; a finished run is
+reused and a killed one resumes, so re-running a killed study continues where it stopped.
+Target labels are never used for training or model selection.
+"""
+
+
+def add_parser(sub) -> None:
+    from ..experiments.study import PRESETS
+
+    p = sub.add_parser("study", help="answer the practical's four questions with measured runs -> report",
+                       epilog=EPILOG, formatter_class=HelpFormatter,
+                       description="Source-only / DANN / no-GRL, a lambda sweep, lambda schedules and "
+                                   "pseudo-labelling over several seeds, then report.md + report.html.")
+    p.add_argument("--preset", choices=list(PRESETS), default="quick",
+                   help="quick: ~30 min on 2 CPU cores; full: the real study (GPU); smoke: test-only")
+    p.add_argument("--out", required=True, help="study folder")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration")
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: rebuild the report from the runs already in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for torch (1 is much faster on a CPU shared with other jobs)")
+    add_data_dir(p)
+    p.set_defaults(func=run_study)
+
+
+def run_study(args) -> int:
+    from ..experiments.study import Study
+    from ..reports.study_report import build_report
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    study = Study(args.preset, args.out, device=args.device, seeds=args.seeds, data_dir=args.data_dir, log=log)
+    if args.report_only:
+        if not (Path(args.out) / "runs").is_dir():
+            raise DalabError(f"--report-only: {args.out} holds no study runs")
+        results = study.collect(study.analyse())
+        from ..data.io import atomic_write_json
+
+        atomic_write_json(study.out / "results.json", results)
+    else:
+        results = study.run()
+    rep = build_report(results, study.out, data=study._data())
+    log(f"report: {rep['html']} and {rep['md']}")
+    for q, paras in rep["answers"].items():
+        log(f"{q.upper()}: {paras[0]}")
+    return 0

@@ -1,0 +1,201 @@
+"""Your own images as a domain: ``--source folder:PATH --target folder:PATH``.
+
+Three layouts are understood (hidden files and files that are not images are ignored):
+
+- ``PATH/class_name/*.png`` -- labelled. Split 70 / 10 / 20 % into train / val / test,
+  class-stratified with seed 0 (deterministic).
+- ``PATH/{train,val,test}/class_name/*.png`` -- labelled with your own splits (``val``
+  optional: 10 % of ``train`` is held out when it is missing).
+- ``PATH/*.png`` (flat) -- unlabelled, every label is -1. Usable as a *target* only:
+  train = test = every image (the transductive setting of unsupervised domain
+  adaptation), val is empty, and target accuracy is reported as n/a.
+
+Class names that are all integers (``0`` ... ``9``) are used as the labels themselves, so
+a folder of digits lines up with MNIST; other names are sorted and numbered 0..K-1
+(then the source and a labelled target must have the same class names).
+
+Every image is read with PIL, converted to RGB (grey is repeated, alpha dropped) and
+resized to 28x28 (bilinear, antialiased). An unreadable image file stops everything
+with a one-line error naming it, before a run starts. The decoded arrays are cached in
+``DATA_DIR/folders/<name>-<key>.npz``, where the key hashes the resolved path and the
+relative name, size and mtime of every image: change, add or remove a file and the
+cache is rebuilt; leave the folder alone and the next run starts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .images import IMAGE_EXTS, load_image
+from .imageops import SIZE, split_arrays, stratified_split
+from .io import atomic_save_npz, file_lock
+
+SPLIT_DIRS = ("train", "val", "test")
+PREFIX = "folder:"
+
+
+def _visible(p: Path, base: Path) -> bool:
+    return not any(part.startswith(".") for part in p.relative_to(base).parts)
+
+
+def _images_in(d: Path, recursive: bool) -> list[Path]:
+    it = d.rglob("*") if recursive else d.iterdir()
+    return sorted(p for p in it if p.suffix.lower() in IMAGE_EXTS and p.is_file() and _visible(p, d))
+
+
+def _subdirs(d: Path) -> list[Path]:
+    return sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan(d: Path) -> tuple[list[Path], list[str] | None]:
+    """Files of one folder and their class names (``None`` for a flat, unlabelled folder)."""
+    loose = _images_in(d, recursive=False)
+    classes = [c for c in _subdirs(d) if _images_in(c, recursive=True)]
+    if loose and classes:
+        raise DataError(f"{d}: mixes loose images ({loose[0].name}, ...) with class folders "
+                        f"({classes[0].name}/, ...); use one layout")
+    if classes:
+        files, names = [], []
+        for c in classes:
+            for f in _images_in(c, recursive=True):
+                files.append(f)
+                names.append(c.name)
+        return files, names
+    if not loose:
+        raise DataError(f"{d}: no images ({', '.join(sorted(IMAGE_EXTS))}) found")
+    return loose, None
+
+
+def _layout(root: Path) -> dict[str, tuple[list[Path], list[str] | None]]:
+    subs = {p.name for p in _subdirs(root)}
+    if {"train", "test"} <= subs:
+        out = {s: _scan(root / s) for s in SPLIT_DIRS if s in subs}
+        kinds = {s: v[1] is None for s, v in out.items()}
+        if len(set(kinds.values())) > 1:
+            raise DataError(f"{root}: some of train/val/test have class folders and some do not")
+        return out
+    return {"all": _scan(root)}
+
+
+def _fingerprint(root: Path, layout) -> str:
+    h = hashlib.sha256(str(root).encode())
+    for files, _ in layout.values():
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _label_map(names: set[str]) -> tuple[dict[str, int], tuple[str, ...] | None, int]:
+    """Class name -> label; ``classes`` is None when the names are the digits themselves."""
+    if all(re.fullmatch(r"\d+", n) for n in names):
+        labels = {n: int(n) for n in names}
+        return labels, None, max(10, max(labels.values()) + 1)
+    ordered = tuple(sorted(names))
+    return {n: i for i, n in enumerate(ordered)}, ordered, len(ordered)
+
+
+def _decode(root: Path) -> dict[str, np.ndarray]:
+    layout = _layout(root)
+    labelled = next(iter(layout.values()))[1] is not None
+    names = set()
+    for _, cls in layout.values():
+        names.update(cls or ())
+    labels, classes, num_classes = _label_map(names) if labelled else ({}, None, 10)
+    decoded = {}
+    for part, (files, cls) in layout.items():
+        x = np.stack([load_image(f, SIZE) for f in files])
+        y = (np.array([labels[c] for c in cls], np.int64) if labelled else np.full(len(files), -1, np.int64))
+        decoded[part] = (x, y)
+    if "all" in decoded:
+        x, y = decoded["all"]
+        if labelled:
+            arrays = split_arrays(x, y, val=0.1, test=0.2, seed=0)
+        else:  # transductive target: adapt to every image, "test" on the same images (no labels)
+            arrays = {"train_x": x, "train_y": y, "val_x": x[:0], "val_y": y[:0], "test_x": x, "test_y": y}
+    else:
+        x, y = decoded["train"]
+        if "val" in decoded:
+            arrays = {"train_x": x, "train_y": y, "val_x": decoded["val"][0], "val_y": decoded["val"][1]}
+        elif labelled:
+            arrays = split_arrays(x, y, val=0.1, seed=0)
+        else:
+            va, tr = stratified_split(y, (0.1,), seed=0)
+            arrays = {"train_x": x[tr], "train_y": y[tr], "val_x": x[va], "val_y": y[va]}
+        arrays["test_x"], arrays["test_y"] = decoded["test"]
+    arrays["meta_num_classes"] = np.array(num_classes)
+    arrays["meta_classes"] = np.array(list(classes) if classes else [], dtype=str)
+    arrays["meta_origin"] = np.array(str(root))
+    return arrays
+
+
+def folder_cache_path(path: str | os.PathLike, data_root: Path) -> Path:
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found (folder:PATH needs a directory)")
+    key = _fingerprint(root, _layout(root))
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", root.name)[:40] or "folder"
+    return data_root / "folders" / f"{slug}-{key}.npz"
+
+
+def load_folder_arrays(path: str | os.PathLike, data_root: Path | None) -> dict[str, np.ndarray]:
+    """Decode (or reuse the cache of) an image folder into split arrays."""
+    from .mnist import load_npz_checked
+
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise DataError(f"{root}: image folder not found (folder:PATH needs a directory)")
+    if data_root is None:
+        return _decode(root)
+    cache = folder_cache_path(root, data_root)
+    if cache.is_file():
+        try:
+            return load_npz_checked(cache, f"folder:{root}")
+        except DataError:
+            pass  # a damaged cache is rebuilt from the images, which are the truth
+    arrays = _decode(root)
+    try:
+        with file_lock(cache.parent / ".folders.lock"):
+            atomic_save_npz(cache, **arrays)
+    except OSError:
+        pass  # a read-only data dir only costs the decoding time next run
+    return arrays
+
+
+def load_folder_domain(spec: str, data_root: Path | None):
+    """``folder:PATH`` (or a bare PATH) -> :class:`dalab.data.domains.Domain`."""
+    from .domains import Domain, Split
+
+    path = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+    if not path:
+        raise DataError("folder: needs a path, e.g. --target folder:my_images")
+    a = load_folder_arrays(path, data_root)
+    labelled = bool(len(a["train_y"])) and bool((a["train_y"] >= 0).all())
+    classes = tuple(str(c) for c in a.get("meta_classes", np.array([], str)).tolist())
+    kind = (f"{len(classes)} classes" if classes else "digit classes") if labelled else "unlabelled"
+    desc = f"image folder {a.get('meta_origin', path)} ({kind}, resized to 28x28 RGB)"
+    splits = {s: Split(a[f"{s}_x"], a[f"{s}_y"]) for s in SPLIT_DIRS}
+    return Domain(f"{PREFIX}{path}", desc, splits, int(a.get("meta_num_classes", 10)), classes or None)
+
+
+def check_pair(src, tgt, needs_target_labels: bool = False) -> None:
+    """Refuse pairs that cannot be trained: unlabelled source, mismatched class names."""
+    def labelled(d) -> bool:
+        return all(len(s.y) == 0 or bool((np.asarray(s.y) >= 0).all()) for s in d.splits.values()) \
+            and len(d["train"].y) > 0
+
+    if not labelled(src):
+        raise DataError(f"--source {src.name}: has no labels (a flat image folder); a source must be "
+                        "labelled: put its images in class_name/ sub-folders")
+    if needs_target_labels and not labelled(tgt):
+        raise DataError(f"--target {tgt.name}: has no labels, so target-only (the oracle) cannot train on it")
+    sc, tc = src.classes, tgt.classes
+    if labelled(tgt) and (sc or tc) and sc != tc:
+        raise DataError(f"--source {src.name} and --target {tgt.name} have different classes "
+                        f"({', '.join(sc or ('0..9',))} vs {', '.join(tc or ('0..9',))})")

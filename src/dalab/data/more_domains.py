@@ -1,0 +1,41 @@
+"""Registers the extra domains: ``syndigits``, ``uci-digits``, ``svhn`` and ``usps``.
+
+Imported at the end of :mod:`dalab.data.domains`. ``syndigits`` and ``uci-digits`` are
+built offline by ``dalab data prepare``; ``svhn`` and ``usps`` are imported from the
+user's files with ``dalab data prepare --svhn PATH --usps PATH``. ``folder:PATH`` (any
+image folder) needs no registration: :func:`dalab.data.domains.load_domain` resolves it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .domains import DomainSpec, _from_arrays, register
+from .external import SVHN_CACHE, USPS_CACHE
+from .mnist import load_npz_checked
+from .syndigits import CACHE_NAME as SYN_CACHE
+from .syndigits import prepare_syndigits
+from .ucidigits import CACHE_NAME as UCI_CACHE
+from .ucidigits import prepare_uci_digits
+
+
+def _loader(name: str, cache: str, default_desc: str):
+    def load(root: Path):
+        a = load_npz_checked(root / cache, name)
+        origin = str(a["meta_origin"]) if "meta_origin" in a else default_desc
+        return _from_arrays(name, origin, a)
+
+    load.__name__ = f"_load_{name.replace('-', '_')}"
+    return load
+
+
+register(DomainSpec("syndigits", "synthetic digits rendered from matplotlib's fonts (Syn Numbers style; "
+                    "built by `dalab data prepare`)", _loader("syndigits", SYN_CACHE, "synthetic digits"),
+                    prepare_syndigits, SYN_CACHE))
+register(DomainSpec("uci-digits", "scikit-learn's 8x8 UCI handwritten digits upsampled to 28x28 (1,797 images; "
+                    "built by `dalab data prepare`)", _loader("uci-digits", UCI_CACHE, "UCI digits"),
+                    prepare_uci_digits, UCI_CACHE))
+register(DomainSpec("svhn", "SVHN house numbers, imported with `dalab data prepare --svhn DIR` "
+                    "(train_32x32.mat, test_32x32.mat)", _loader("svhn", SVHN_CACHE, "SVHN"), None, SVHN_CACHE))
+register(DomainSpec("usps", "USPS postal digits, imported with `dalab data prepare --usps usps.h5|usps.bz2`",
+                    _loader("usps", USPS_CACHE, "USPS"), None, USPS_CACHE))

@@ -1,0 +1,172 @@
+"""``dalab benchmark``: every method with its default hyper-parameters, several seeds, one table.
+
+A *suite* names a source -> target pair and, per method, the training settings that are
+part of that method's recipe (optimiser, input normalisation, warm start). Each
+(method, seed) run lives in ``OUT/<method>/seed<k>/`` and is **reused** when its
+``summary.json`` already exists, so an interrupted benchmark continues where it stopped.
+A diverged or failed run is recorded (status + reason) and the others go on.
+
+The model of every run is its last epoch ("selected-by: last epoch"): no target label is
+used for training, tuning or checkpoint choice. Target test accuracy is measured only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..data.io import atomic_write_json, atomic_write_text
+from ..errors import DalabError
+from ..methods import METHODS
+from ..training import TrainConfig, Trainer
+
+
+@dataclass
+class SuiteEntry:
+    method: str
+    overrides: dict = field(default_factory=dict)   # TrainConfig fields
+    init_from_method: str | None = None             # warm start from this method's run, same seed
+
+
+ADAM_IN = {"optimizer": "adam", "input_norm": "instance"}
+
+SUITES: dict[str, dict] = {
+    "digits-mnistm": {
+        "source": "mnist", "target": "mnistm",
+        "description": "MNIST -> MNIST-M (rebuilt), Ganin's network",
+        "entries": [
+            SuiteEntry("source-only"),
+            SuiteEntry("dann"),
+            SuiteEntry("cdan"),
+            SuiteEntry("cdan+e"),
+            SuiteEntry("mcc"),
+            SuiteEntry("vada", dict(ADAM_IN)),
+            SuiteEntry("dirt-t", dict(ADAM_IN), init_from_method="vada"),
+            SuiteEntry("mean-teacher", dict(ADAM_IN)),
+            SuiteEntry("fixmatch", dict(ADAM_IN)),
+        ],
+    },
+}
+
+SELECTED_BY = "last epoch"
+
+
+def _summary_path(out: Path, method: str, seed: int) -> Path:
+    return out / method / f"seed{seed}" / "summary.json"
+
+
+def run_one(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict, progress: bool) -> dict:
+    run_dir = out / entry.method / f"seed{seed}"
+    summ = run_dir / "summary.json"
+    if summ.is_file():
+        s = json.loads(summ.read_text())
+        s["reused"] = True
+        return s
+    cfg = dict(method=entry.method, source=suite["source"], target=suite["target"], seed=seed)
+    cfg.update(entry.overrides)
+    cfg.update({k: v for k, v in common.items() if v is not None})
+    if entry.init_from_method:
+        parent = out / entry.init_from_method / f"seed{seed}"
+        if not (parent / "model.pt").is_file():
+            return _failed(run_dir, entry.method, seed,
+                           f"needs a finished {entry.init_from_method} run for seed {seed} ({parent}/model.pt)")
+        cfg["init_from"] = str(parent / "model.pt")
+    try:
+        return Trainer(TrainConfig(**cfg), run_dir, progress=progress, overwrite=True).fit()
+    except DalabError as e:
+        return _failed(run_dir, entry.method, seed, str(e))
+    except Exception as e:  # noqa: BLE001 - one broken method must not stop the benchmark
+        return _failed(run_dir, entry.method, seed, f"{type(e).__name__}: {e}",
+                       traceback.format_exc(limit=3))
+
+
+def _failed(run_dir: Path, method: str, seed: int, reason: str, tb: str | None = None) -> dict:
+    s = {"method": method, "seed": seed, "status": "failed", "failure": reason,
+         "source_test_acc": None, "target_test_acc": None, "train_seconds": None}
+    if tb:
+        s["traceback"] = tb
+    # not written to summary.json: a failed run is retried next time
+    return s
+
+
+def _mean_std(vals):
+    vals = [v for v in vals if v is not None and math.isfinite(v)]
+    if not vals:
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
+    rows = []
+    for method, runs in results.items():
+        ok = [r for r in runs if r.get("status") == "completed"]
+        sm, ss = _mean_std([r["source_test_acc"] for r in ok])
+        tm, ts = _mean_std([r["target_test_acc"] for r in ok])
+        trm, _ = _mean_std([r.get("train_seconds") for r in ok])
+        rows.append({"method": method, "source_acc_mean": sm, "source_acc_std": ss,
+                     "target_acc_mean": tm, "target_acc_std": ts, "runs_ok": len(ok), "runs": len(runs),
+                     "selected_by": SELECTED_BY, "train_seconds_mean": trm,
+                     "failures": [f"seed {r.get('seed')}: {r.get('status')}: {r.get('failure')}"
+                                  for r in runs if r.get("status") != "completed"]})
+    return rows
+
+
+def _pm(m, s) -> str:
+    return "n/a" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def format_table(rows: list[dict], suite_name: str) -> str:
+    lines = [f"# Benchmark `{suite_name}` ({SUITES[suite_name]['description']})", "",
+             "| method | source acc (%) | target acc (%) | runs ok | selected by | train s (mean) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        t = "n/a" if r["train_seconds_mean"] is None else f"{r['train_seconds_mean']:.1f}"
+        lines.append(f"| {r['method']} | {_pm(r['source_acc_mean'], r['source_acc_std'])} | "
+                     f"{_pm(r['target_acc_mean'], r['target_acc_std'])} | {r['runs_ok']}/{r['runs']} | "
+                     f"{r['selected_by']} | {t} |")
+    fails = [f"- {r['method']}, {f}" for r in rows for f in r["failures"]]
+    if fails:
+        lines += ["", "Failed or diverged runs:", *fails]
+    lines += ["", "Mean ± sample std over seeds of the last-epoch model; no target label used for "
+              "training, tuning or model choice."]
+    return "\n".join(lines) + "\n"
+
+
+def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = None, epochs: int | None = None,
+                  limit_train: int | None = None, limit_eval: int | None = None, device: str | None = None,
+                  data_dir: str | None = None, precision: str | None = None, progress: bool = True,
+                  log=print) -> dict:
+    if suite not in SUITES:
+        raise DalabError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
+    spec = SUITES[suite]
+    entries = spec["entries"]
+    if methods:
+        known = {e.method for e in entries}
+        bad = [m for m in methods if m not in known]
+        if bad:
+            raise DalabError(f"method {bad[0]!r} is not in suite {suite} ({', '.join(sorted(known))})")
+        entries = [e for e in entries if e.method in methods]
+    assert all(e.method in METHODS for e in entries)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = dict(epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, device=device,
+                  data_dir=data_dir, precision=precision)
+    results: dict[str, list[dict]] = {}
+    for e in entries:
+        for seed in range(seeds):
+            s = run_one(e, spec, seed, out, common, progress)
+            acc = s.get("target_test_acc")
+            log(f"{e.method:13s} seed {seed}: {s.get('status')}"
+                + (" (reused)" if s.get("reused") else "")
+                + (f"  target {100 * acc:.2f}%" if acc is not None else f"  ({s.get('failure')})"))
+            results.setdefault(e.method, []).append(s)
+    rows = aggregate(results, seeds)
+    table = format_table(rows, suite)
+    atomic_write_text(out / "benchmark.md", table)
+    atomic_write_json(out / "benchmark.json", {"suite": suite, "seeds": seeds, "rows": rows,
+                                               "settings": {k: v for k, v in common.items() if v is not None}})
+    return {"rows": rows, "table": table}

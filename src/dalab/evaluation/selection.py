@@ -1,0 +1,129 @@
+"""Rank trained runs without target labels (``dalab select``), and judge the validators.
+
+A *candidate* is a ``model.pt`` under a runs folder (one per run folder written by
+``dalab train`` / ``dalab benchmark``). For each candidate we compute, on the domains
+recorded in its model config:
+
+- source validation logits, labels and features (labelled source data is allowed),
+- source *training* features (DEV's domain classifier),
+- target logits and features on the target ``train`` or ``val`` images, **never** labels,
+
+then every requested validator (:mod:`dalab.evaluation.validators`). The target *test*
+accuracy that the trainer recorded in the run's ``summary.json`` is read only to judge the
+validators afterwards (the "oracle" column and the rank correlation); it never enters a
+score or a choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from ..data import load_domain
+from ..errors import DalabError
+from ..models.inference import extract_features
+from ..training import load_model
+from .validators import VALIDATORS, compute_validators
+
+
+def find_candidates(root: str | Path) -> list[Path]:
+    root = Path(root)
+    if not root.exists():
+        raise DalabError(f"{root}: no such folder")
+    if root.is_file():
+        return [root]
+    found = sorted(root.rglob("model.pt"))
+    if not found:
+        raise DalabError(f"{root}: no model.pt found (train runs with `dalab train --out` first)")
+    return found
+
+
+def _split_tensors(cache: dict, name: str, split: str, data_dir, limit: int | None, device):
+    key = (name, split)
+    if key not in cache:
+        cache[key] = load_domain(name, data_dir)[split].tensors(device, limit)
+    return cache[key]
+
+
+@torch.inference_mode()
+def _outputs(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    f = extract_features(model, x)
+    model.eval()
+    logits = torch.cat([model.classify(f[i:i + 4096]) for i in range(0, len(f), 4096)])
+    return logits.float(), f
+
+
+def score_candidate(path: Path, validators, *, data_dir=None, target_split: str = "val",
+                    limit: int | None = 2000, device="cpu", cache: dict | None = None,
+                    seed: int = 0) -> dict:
+    cache = {} if cache is None else cache
+    model, config = load_model(path, device)
+    source, target = config.get("source", "mnist"), config.get("target", "mnistm")
+    xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
+    xs, _ = _split_tensors(cache, source, "train", data_dir, limit, device)
+    xt, _ = _split_tensors(cache, target, target_split, data_dir, limit, device)  # labels dropped
+    logits_sv, feats_sv = _outputs(model, xsv)
+    _, feats_s = _outputs(model, xs)
+    logits_t, feats_t = _outputs(model, xt)
+    scores = compute_validators(validators, logits_t=logits_t, feats_t=feats_t, logits_sv=logits_sv,
+                                y_sv=ysv, feats_sv=feats_sv, feats_s=feats_s, seed=seed)
+    row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),
+           "source": source, "target": target, "scores": scores}
+    summ = path.parent / "summary.json"
+    if summ.is_file():
+        try:
+            s = json.loads(summ.read_text())
+            row["target_test_acc"] = s.get("target_test_acc")  # oracle: for judging validators only
+            row["seed"] = s.get("seed")
+        except (OSError, ValueError):
+            pass
+    return row
+
+
+def rank_correlation(a: list[float], b: list[float]) -> float:
+    """Spearman's rho between two score lists (nan when undefined)."""
+    from scipy.stats import spearmanr
+
+    pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None
+             and math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 3:
+        return float("nan")
+    xs, ys = zip(*pairs)
+    if len(set(xs)) < 2 or len(set(ys)) < 2:
+        return float("nan")
+    return float(spearmanr(xs, ys).statistic)
+
+
+def judge(rows: list[dict], validators) -> dict:
+    """Per validator: its choice, the choice's target accuracy, the oracle best, and Spearman's
+    rho between score and target accuracy over all candidates."""
+    accs = [r.get("target_test_acc") for r in rows]
+    known = [a for a in accs if a is not None]
+    oracle = max(known) if known else None
+    oracle_run = rows[accs.index(oracle)]["run"] if oracle is not None else None
+    out = {}
+    for v in validators:
+        scores = [r["scores"][v] for r in rows]
+        finite = [i for i, s in enumerate(scores) if s is not None and math.isfinite(s)]
+        best = max(finite, key=lambda i: scores[i]) if finite else None
+        out[v] = {"choice": rows[best]["run"] if best is not None else None,
+                  "choice_target_acc": rows[best].get("target_test_acc") if best is not None else None,
+                  "oracle_target_acc": oracle, "oracle_run": oracle_run,
+                  "spearman": rank_correlation(scores, accs)}
+    return out
+
+
+def select_runs(root, validators=VALIDATORS, **kwargs) -> dict:
+    """Score every candidate under ``root``; returns ``{"rows": [...], "report": judge(...)}``,
+    rows sorted by the first validator (best first)."""
+    bad = [v for v in validators if v not in VALIDATORS]
+    if bad:
+        raise DalabError(f"unknown validator {bad[0]!r} (known: {', '.join(VALIDATORS)})")
+    cache: dict = {}
+    rows = [score_candidate(p, validators, cache=cache, **kwargs) for p in find_candidates(root)]
+    key = validators[0]
+    rows.sort(key=lambda r: -r["scores"][key] if math.isfinite(r["scores"][key]) else math.inf)
+    return {"validators": list(validators), "ranked_by": key, "rows": rows, "report": judge(rows, validators)}

@@ -1,0 +1,200 @@
+r"""Consistency methods with augmentation: self-ensembling / mean teacher (French, Mackiewicz
+& Fisher, ICLR 2018) and FixMatch-style confidence-thresholded pseudo-labels (Sohn et al.,
+NeurIPS 2020), plus the batched augmentations they need, written as tensor ops on the
+device (no torchvision).
+
+**Augmentations** (:func:`augment`), per image, independently, on a (B,3,H,W) batch in
+[0, 1]: a random affine warp (translation up to ``translate`` pixels, rotation up to
+``rotate`` degrees, scale in ``1 +- scale``) through one ``affine_grid``/``grid_sample``;
+then, for the *strong* level only, per-channel random gain and offset, a random channel
+permutation, intensity inversion with probability 1/2 and Gaussian noise. The *weak*
+level is the warp with small ranges only. Output is float in [0, 1] (clamped).
+
+**Mean teacher** (``mean-teacher``). A teacher :math:`\bar\theta` is an exponential moving
+average of the student, :math:`\bar\theta \leftarrow \alpha \bar\theta + (1 - \alpha)\theta`
+after every step (batch-norm buffers copied). With two independent augmentations
+:math:`a, a'` of a target batch, student probabilities :math:`z_i = p_\theta(a(x_{t,i}))`,
+teacher probabilities :math:`\bar z_i = p_{\bar\theta}(a'(x_{t,i}))` and the confidence mask
+:math:`m_i = [\max_c \bar z_{ic} > \tau]`,
+
+.. math::
+
+    \mathcal{L} = \mathrm{CE}(p_\theta(a(x_s)), y_s)
+      + w_u \frac{1}{B} \sum_i m_i \, \| z_i - \bar z_i \|_2^2
+      + w_{cb}\, \bar m \, \mathrm{BCE}\big(\tfrac{1}{B}\sum_i z_i,\ \tfrac{1}{C}\mathbf{1}\big),
+
+the last term being the class-balance loss (binary cross-entropy of the mean target
+prediction against the uniform distribution, weighted by the confident fraction
+:math:`\bar m`). Defaults follow French et al.: :math:`\alpha = 0.99, \tau = 0.968, w_u = 3`,
+``cls_balance = 0.005``. Source and target go through the student separately (per-domain
+batch-norm statistics, as in the paper). The saved model is the student.
+
+**FixMatch** (``fixmatch``). The model's own prediction on a weakly augmented target image
+becomes a hard pseudo-label where it is confident, and the model is trained to predict it
+on a strongly augmented copy:
+
+.. math::
+
+    \mathcal{L} = \mathrm{CE}(p_\theta(a_w(x_s)), y_s) + w_u \frac{1}{B}\sum_i
+      [\max_c q_{ic} > \tau]\; \mathrm{CE}\big(p_\theta(a_s(x_{t,i})), \arg\max_c q_{ic}\big),
+    \qquad q_i = p_\theta(a_w(x_{t,i})) \text{ (no gradient)},
+
+with :math:`\tau = 0.95, w_u = 1`. Shapes throughout: (B,3,28,28) images -> (B,10) logits.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..models.nets import to_unit_float
+from .base import Batch, Method, accuracy
+from .dann import has_batch_norm
+
+
+def random_affine(x: torch.Tensor, translate: float = 2.0, rotate: float = 10.0, scale: float = 0.1,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Warp each image of (B,C,H,W) floats by its own random affine map (bilinear, zero fill).
+
+    ``translate`` is in pixels, ``rotate`` in degrees, ``scale`` a relative range.
+    """
+    b, _, h, w = x.shape
+    dev = x.device
+
+    def u(lo, hi):
+        return torch.rand(b, device=dev, generator=generator) * (hi - lo) + lo
+
+    ang = u(-rotate, rotate) * math.pi / 180.0
+    s = u(1.0 - scale, 1.0 + scale)
+    tx, ty = u(-translate, translate) * 2.0 / w, u(-translate, translate) * 2.0 / h
+    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def colour_jitter(x: torch.Tensor, gain: float = 0.3, offset: float = 0.2, invert_p: float = 0.5,
+                  noise: float = 0.05, permute_channels: bool = True,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per image: channel permutation, per-channel gain/offset, inversion, Gaussian noise."""
+    b, c = x.shape[:2]
+    dev = x.device
+    if permute_channels and c > 1:
+        perm = torch.rand(b, c, device=dev, generator=generator).argsort(1)
+        x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
+    g = 1.0 + (torch.rand(b, c, 1, 1, device=dev, generator=generator) * 2 - 1) * gain
+    o = (torch.rand(b, c, 1, 1, device=dev, generator=generator) * 2 - 1) * offset
+    x = x * g + o
+    flip = (torch.rand(b, 1, 1, 1, device=dev, generator=generator) < invert_p).to(x.dtype)
+    x = flip * (1.0 - x) + (1.0 - flip) * x
+    if noise > 0:
+        x = x + noise * torch.randn(x.shape, device=dev, generator=generator, dtype=x.dtype)
+    return x.clamp(0.0, 1.0)
+
+
+def augment(x: torch.Tensor, strength: str = "strong", generator: torch.Generator | None = None) -> torch.Tensor:
+    """``weak``: small warp (1 px, 5 degrees, 5 % scale); ``strong``: larger warp + colour jitter.
+
+    Takes uint8 or [0, 1] float images (B,3,H,W); returns float images in [0, 1] on the same device.
+    """
+    x = to_unit_float(x).float()
+    if strength == "none":
+        return x
+    if strength == "weak":
+        return random_affine(x, 1.0, 5.0, 0.05, generator).clamp(0.0, 1.0)
+    if strength == "strong":
+        return colour_jitter(random_affine(x, 2.0, 10.0, 0.1, generator), generator=generator)
+    raise ValueError(f"unknown augmentation strength {strength!r} (none, weak, strong)")
+
+
+def class_balance_loss(probs: torch.Tensor) -> torch.Tensor:
+    """BCE of the batch-mean prediction (C,) against the uniform 1/C, averaged over classes."""
+    m = probs.mean(0).clamp(1e-6, 1 - 1e-6)
+    u = 1.0 / probs.shape[1]
+    return -(u * torch.log(m) + (1 - u) * torch.log(1 - m)).mean()
+
+
+def confident_squared_difference(student_probs: torch.Tensor, teacher_probs: torch.Tensor,
+                                 threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, mask): ``mean_i m_i ||z_i - zbar_i||^2`` with ``m_i = max zbar_i > threshold``."""
+    mask = (teacher_probs.max(1).values > threshold).to(student_probs.dtype)
+    sq = ((student_probs - teacher_probs) ** 2).sum(1)
+    return (mask * sq).mean(), mask
+
+
+def _logits_per_domain(model, xs, xt):
+    """Class logits of source and target batches; separate passes when the model has batch norm."""
+    if has_batch_norm(model):
+        return model(xs), model(xt)
+    out = model(torch.cat([xs, xt]))
+    return out[:len(xs)], out[len(xs):]
+
+
+class MeanTeacher(Method):
+    name = "mean-teacher"
+
+    def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 3.0,
+                 cls_balance: float = 0.005, source_aug: str = "strong", target_aug: str = "strong"):
+        super().__init__()
+        self.ema = float(ema)
+        self.threshold = float(threshold)
+        self.weight = float(weight)
+        self.cls_balance = float(cls_balance)
+        self.source_aug = source_aug
+        self.target_aug = target_aug
+        self.teacher: torch.nn.Module | None = None
+
+    def setup(self, model, device) -> None:
+        self.teacher = copy.deepcopy(model)
+        for q in self.teacher.parameters():
+            q.requires_grad_(False)
+
+    def loss(self, model, batch: Batch):
+        xs = augment(batch.xs, self.source_aug)
+        xt_student = augment(batch.xt, self.target_aug)
+        xt_teacher = augment(batch.xt, self.target_aug)
+        ls, lt = _logits_per_domain(model, xs, xt_student)
+        task = F.cross_entropy(ls, batch.ys)
+        with torch.no_grad():
+            self.teacher.train(model.training)
+            zbar = F.softmax(self.teacher(xt_teacher).float(), 1)
+        z = F.softmax(lt.float(), 1)
+        cons, mask = confident_squared_difference(z, zbar, self.threshold)
+        cb = class_balance_loss(z) * mask.mean()
+        total = task + self.weight * cons + self.cls_balance * cb
+        return total, {"task_loss": task.detach(), "consistency_loss": cons.detach(),
+                       "confident_frac": mask.mean().detach(), "class_balance": cb.detach(),
+                       "train_acc": accuracy(ls.detach(), batch.ys)}
+
+    @torch.no_grad()
+    def after_step(self, model) -> None:
+        for tp, sp in zip(self.teacher.parameters(), model.parameters()):
+            tp.mul_(self.ema).add_(sp.detach(), alpha=1.0 - self.ema)
+        for tb, sb in zip(self.teacher.buffers(), model.buffers()):
+            tb.copy_(sb)
+
+
+class FixMatch(Method):
+    name = "fixmatch"
+
+    def __init__(self, threshold: float = 0.95, weight: float = 1.0, source_aug: str = "weak"):
+        super().__init__()
+        self.threshold = float(threshold)
+        self.weight = float(weight)
+        self.source_aug = source_aug
+
+    def loss(self, model, batch: Batch):
+        xs = augment(batch.xs, self.source_aug)
+        with torch.no_grad():
+            q = F.softmax(model(augment(batch.xt, "weak")).float(), 1)
+        conf, pseudo = q.max(1)
+        mask = (conf > self.threshold).float()
+        ls, lt = _logits_per_domain(model, xs, augment(batch.xt, "strong"))
+        task = F.cross_entropy(ls, batch.ys)
+        unsup = (F.cross_entropy(lt.float(), pseudo, reduction="none") * mask).mean()
+        return task + self.weight * unsup, {"task_loss": task.detach(), "pseudo_loss": unsup.detach(),
+                                            "confident_frac": mask.mean(),
+                                            "train_acc": accuracy(ls.detach(), batch.ys)}

@@ -1,0 +1,1 @@
+"""Toy problems that run in seconds: the two-moons picture of the DANN paper."""

@@ -1,0 +1,106 @@
+"""examples/practical.ipynb runs top to bottom and is what examples/make_notebook.py writes.
+
+By default the notebook runs on the hermetic tiny synthetic caches (``DALAB_DATA`` points the
+kernel at them), which checks every API call it makes in under a minute. With
+``DALAB_TEST_REAL_NOTEBOOK=1`` it also runs on the real MNIST / MNIST-M cache, at the notebook's
+own settings (a few minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "examples" / "practical.ipynb"
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+
+def _make_notebook_module():
+    spec = importlib.util.spec_from_file_location("make_notebook", ROOT / "examples" / "make_notebook.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_committed_notebook_is_generated_by_the_script(tmp_path):
+    out = tmp_path / "nb.ipynb"
+    _make_notebook_module().main(["--out", str(out)])
+    assert NOTEBOOK.read_text() == out.read_text(), "run `python examples/make_notebook.py` to refresh it"
+
+
+def test_notebook_covers_the_practical():
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    for needle in ("Question 1", "Question 2", "Question 3", "Question 4", "grad_reverse", "GradientReversal",
+                   "ganin_lambda", "DANNNet", "load_domain", '"source-only"', '"no-grl"', "PseudoLabel",
+                   "dalab.fit("):
+        assert needle in text, needle
+
+
+def _execute(env: dict, timeout: int) -> nbformat.NotebookNode:
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the kernel inherits the environment of this process
+    try:
+        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                                         resources={"metadata": {"path": str(NOTEBOOK.parent)}})
+        client.execute()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return nb
+
+
+def _outputs(nb) -> str:
+    texts = []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "stream":
+                texts.append(o.get("text", ""))
+            elif "data" in o and "text/plain" in o["data"]:
+                texts.append(o["data"]["text/plain"])
+    return "\n".join(texts)
+
+
+def _check_ran(nb):
+    errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    out = _outputs(nb)
+    for needle in ("forward : [1.0, -2.0, 3.0]", "backward: [-0.5, -0.5, -0.5]", "source-only", "no GRL",
+                   "DANN lambda_max=3.0", "student (+ PL)", "notebook ran in"):
+        assert needle in out, needle
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert images >= 3  # the domains, the lambda schedule, the lambda sweep
+
+
+@pytest.mark.slow
+def test_notebook_runs_top_to_bottom_on_tiny_data(tmp_path):
+    from conftest import write_tiny_caches
+
+    data = write_tiny_caches(tmp_path / "data")
+    nb = _execute({"DALAB_DATA": str(data), "MPLBACKEND": "module://matplotlib_inline.backend_inline",
+                   "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}, timeout=600)
+    _check_ran(nb)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("DALAB_TEST_REAL_NOTEBOOK") != "1",
+                    reason="set DALAB_TEST_REAL_NOTEBOOK=1 to run the notebook on the real MNIST-M cache")
+def test_notebook_runs_on_the_real_data():
+    from dalab.data import data_dir
+
+    if not (data_dir() / "mnistm.npz").is_file():
+        pytest.skip("no real cache: run `dalab data prepare`")
+    nb = _execute({}, timeout=900)
+    _check_ran(nb)

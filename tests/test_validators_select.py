@@ -1,0 +1,154 @@
+"""Validators on hand-made tensors; `dalab select` and `dalab benchmark` on the tiny fixture."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dalab.cli.main import main
+from dalab.evaluation.benchmark import aggregate, format_table, run_benchmark
+from dalab.evaluation.selection import judge, rank_correlation, select_runs
+from dalab.evaluation.validators import (VALIDATORS, bnm, compute_validators, dev_risk, importance_weights,
+                                         info_max, reverse_validation, snd, source_accuracy, target_entropy)
+
+
+def test_entropy_infomax_bnm_on_hand_made_logits():
+    confident = 50 * torch.eye(4)                 # 4 samples, 4 classes, one each, certain
+    uniform = torch.zeros(4, 4)
+    collapsed = 50 * torch.eye(4)[[0, 0, 0, 0]]   # certain but all one class
+    assert abs(target_entropy(confident)) < 1e-6
+    assert math.isclose(target_entropy(uniform), -math.log(4), rel_tol=1e-6)
+    assert math.isclose(info_max(confident), math.log(4), rel_tol=1e-5)   # H(mean) = log 4, H = 0
+    assert abs(info_max(uniform)) < 1e-6 and abs(info_max(collapsed)) < 1e-5
+    assert math.isclose(bnm(confident), 1.0, rel_tol=1e-5)   # identity: nuclear norm 4 / N 4
+    assert math.isclose(bnm(collapsed), 0.5, rel_tol=1e-5)   # rank one: sqrt(4) / 4
+    assert math.isclose(bnm(uniform), 0.25, rel_tol=1e-5)    # J/4: one singular value 1, / N 4
+    assert source_accuracy(confident, torch.tensor([0, 1, 2, 0])) == 0.75
+
+
+def test_snd_prefers_clustered_predictions():
+    torch.manual_seed(0)
+    # SND is the mean entropy of soft neighbourhoods: in tight clusters each point has many equally
+    # close neighbours (high entropy, good); scattered predictions have one nearest neighbour (low).
+    clustered = torch.cat([torch.tensor([[8.0, 0.0, 0.0]]).repeat(10, 1),
+                           torch.tensor([[0.0, 8.0, 0.0]]).repeat(10, 1)]) + 0.01 * torch.randn(20, 3)
+    isolated = torch.randn(20, 3) * 8
+    assert snd(clustered) > snd(isolated)
+    # 10 identical points in each of two clusters: the soft neighbourhood is uniform on the 9 others
+    exact = torch.cat([torch.tensor([[8.0, 0.0, 0.0]]).repeat(10, 1), torch.tensor([[0.0, 8.0, 0.0]]).repeat(10, 1)])
+    assert math.isclose(snd(exact), math.log(9), rel_tol=1e-3)
+
+
+def test_dev_risk_control_variate():
+    losses = np.array([1.0, 2.0, 3.0, 4.0])
+    # constant weights: no variance -> plain weighted mean
+    assert math.isclose(dev_risk(losses, np.ones(4)), 2.5)
+    w = np.array([0.5, 1.0, 1.0, 1.5])
+    wl = w * losses
+    eta = -np.cov(wl, w, ddof=1)[0, 1] / w.var(ddof=1)
+    assert math.isclose(dev_risk(losses, w), wl.mean() + eta * w.mean() - eta)
+    # mean weight exactly 1 -> the control variate term vanishes
+    assert math.isclose(dev_risk(losses, w), wl.mean())
+
+
+def test_importance_weights_follow_the_density_ratio():
+    rng = np.random.default_rng(0)
+    fs = torch.tensor(rng.normal(0, 1, (400, 2)), dtype=torch.float32)
+    ft = torch.tensor(rng.normal(1.5, 1, (400, 2)), dtype=torch.float32)
+    probe = torch.tensor([[-1.5, -1.5], [3.0, 3.0]])
+    w = importance_weights(fs, ft, probe)
+    assert w[0] < 0.2 < 5 < w[1]
+
+
+def test_reverse_validation_rewards_consistent_pseudo_labels():
+    rng = np.random.default_rng(0)
+    centers = np.array([[4.0, 0.0], [0.0, 4.0], [-4.0, 0.0]])
+    ys = rng.integers(0, 3, 300)
+    fsv = torch.tensor(centers[ys] + rng.normal(0, 0.5, (300, 2)), dtype=torch.float32)
+    yt = rng.integers(0, 3, 300)
+    ft = torch.tensor(centers[yt] + rng.normal(0, 0.5, (300, 2)), dtype=torch.float32)
+    good = torch.nn.functional.one_hot(torch.tensor(yt), 3).float() * 5
+    bad = torch.nn.functional.one_hot(torch.tensor(rng.integers(0, 3, 300)), 3).float() * 5
+    assert reverse_validation(ft, good, fsv, torch.tensor(ys)) > 0.95
+    assert reverse_validation(ft, bad, fsv, torch.tensor(ys)) < 0.6
+    one_class = torch.zeros(300, 3); one_class[:, 1] = 5
+    assert reverse_validation(ft, one_class, fsv, torch.tensor(ys)) == pytest.approx((ys == 1).mean())
+
+
+def test_compute_validators_all_names():
+    torch.manual_seed(0)
+    lt, ft = torch.randn(60, 10), torch.randn(60, 16)
+    lsv, fsv, ysv, fs = torch.randn(40, 10), torch.randn(40, 16), torch.randint(0, 10, (40,)), torch.randn(50, 16)
+    out = compute_validators(VALIDATORS, logits_t=lt, feats_t=ft, logits_sv=lsv, y_sv=ysv, feats_sv=fsv, feats_s=fs)
+    assert set(out) == set(VALIDATORS) and all(math.isfinite(v) for v in out.values())
+    with pytest.raises(ValueError):
+        compute_validators(["oracle"], logits_t=lt)
+
+
+def test_judge_and_rank_correlation():
+    rows = [{"run": "a", "scores": {"v": 1.0}, "target_test_acc": 0.5},
+            {"run": "b", "scores": {"v": 2.0}, "target_test_acc": 0.7},
+            {"run": "c", "scores": {"v": 3.0}, "target_test_acc": 0.6}]
+    j = judge(rows, ["v"])["v"]
+    assert j["choice"] == "c" and j["choice_target_acc"] == 0.6 and j["oracle_target_acc"] == 0.7
+    assert math.isclose(j["spearman"], 0.5)
+    assert math.isnan(rank_correlation([1, 2], [1, 2]))
+
+
+def test_select_and_benchmark_on_the_tiny_fixture(tiny_data, tmp_path, capsys):
+    out = tmp_path / "bench"
+    common = dict(seeds=2, epochs=1, limit_train=128, limit_eval=128, data_dir=str(tiny_data),
+                  precision="fp32", progress=False, log=lambda *_: None)
+    res = run_benchmark("digits-mnistm", out=out, methods=["source-only", "vada", "dirt-t"], **common)
+    assert [r["method"] for r in res["rows"]] == ["source-only", "vada", "dirt-t"]
+    assert all(r["runs_ok"] == 2 for r in res["rows"])
+    cfg = json.loads((out / "dirt-t" / "seed1" / "summary.json").read_text())["config"]
+    assert cfg["init_from"].endswith("vada/seed1/model.pt") and cfg["input_norm"] == "instance"
+    table = (out / "benchmark.md").read_text()
+    assert "| vada |" in table and "last epoch" in table and "±" in table
+    # a second call reuses every run
+    before = (out / "vada" / "seed0" / "summary.json").stat().st_mtime_ns
+    res2 = run_benchmark("digits-mnistm", out=out, methods=["source-only", "vada", "dirt-t"], **common)
+    assert (out / "vada" / "seed0" / "summary.json").stat().st_mtime_ns == before
+    assert res2["rows"][1]["target_acc_mean"] == res["rows"][1]["target_acc_mean"]
+
+    sel = select_runs(out, ["snd", "source-acc", "dev", "reverse"], data_dir=str(tiny_data), limit=128)
+    assert len(sel["rows"]) == 6
+    scores = [r["scores"]["snd"] for r in sel["rows"]]
+    assert scores == sorted(scores, reverse=True)
+    assert set(sel["report"]) == {"snd", "source-acc", "dev", "reverse"}
+    for j in sel["report"].values():
+        assert j["choice"] is not None and j["oracle_target_acc"] >= j["choice_target_acc"]
+
+    assert main(["select", str(out), "--validator", "bnm,entropy", "--data-dir", str(tiny_data),
+                 "--limit", "128", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["ranked_by"] == "bnm" and len(got["rows"]) == 6
+    assert main(["select", str(out), "--validator", "info-max", "--data-dir", str(tiny_data), "--limit", "64"]) == 0
+    assert "Spearman" in capsys.readouterr().out
+    assert main(["select", str(out), "--validator", "oracle", "--data-dir", str(tiny_data)]) == 2
+    assert "unknown validator" in capsys.readouterr().err
+
+
+def test_benchmark_cli_records_failures_and_goes_on(tiny_data, tmp_path, capsys):
+    out = tmp_path / "b"
+    # dirt-t without its vada parent fails; source-only still runs and the table lists the failure
+    assert main(["benchmark", "--out", str(out), "--seeds", "1", "--methods", "source-only,dirt-t",
+                 "--epochs", "1", "--limit-train", "128", "--limit-eval", "64", "--precision", "fp32",
+                 "--data-dir", str(tiny_data), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "| source-only |" in text and "| dirt-t | n/a | n/a | 0/1 |" in text and "needs a finished vada" in text
+    assert main(["benchmark", "--out", str(out), "--methods", "nope"]) == 2
+
+
+def test_aggregate_mean_std():
+    runs = {"m": [{"status": "completed", "source_test_acc": 0.9, "target_test_acc": 0.8, "train_seconds": 1.0},
+                  {"status": "completed", "source_test_acc": 0.9, "target_test_acc": 0.6, "train_seconds": 3.0},
+                  {"status": "diverged", "seed": 2, "failure": "nan", "source_test_acc": None,
+                   "target_test_acc": None}]}
+    (r,) = aggregate(runs, 3)
+    assert math.isclose(r["target_acc_mean"], 0.7) and math.isclose(r["target_acc_std"], math.sqrt(0.02))
+    assert r["runs_ok"] == 2 and r["runs"] == 3 and "diverged" in r["failures"][0]
+    assert "70.00 ± 14.14" in format_table([r], "digits-mnistm")
