@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.dalab-installed
 OUT    ?= runs/quickstart
 
-.PHONY: run test install data bench study clean
+.PHONY: run test install data bench study results clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ bench: data
 
 study: data
 	$(BIN)/dalab study --preset quick --out runs/study-quick
+
+# The README's results table: dalab defaults, Ganin's exact net and the oracle, 3 seeds each.
+results: data
+	$(BIN)/dalab benchmark --suite digits-mnistm-core --seeds 3 --out runs/results --quiet
+	cp runs/results/benchmark.md docs/results.md
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

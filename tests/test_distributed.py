@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 def _train(args, out, tiny, nproc=None):
     base = ["-m", "dalab", "train", "--data-dir", str(tiny), "--out", str(out), "--quiet",
-            "--precision", "fp32", "--device", "cpu", "--batch-size", "32", "--epochs", "2", "--seed", "5", *args]
+            "--precision", "fp32", "--device", "cpu", "--batch-size", "32", "--epochs", "2", "--seed", "5",
+            "--no-batch-norm", *args]  # batch norm statistics are per rank: compared without BN
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
                "--master-port", "0", "--rdzv-backend", "c10d", "--rdzv-endpoint", "localhost:0"] + base
@@ -54,3 +55,17 @@ def test_global_batch_must_divide_by_world_size(tiny_data, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode != 0 and "divisible" in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("method", ["cdan", "mean-teacher"])
+def test_other_methods_and_batch_norm_run_under_two_processes(tiny_data, tmp_path, method):
+    """Methods with their own modules (CDAN's discriminator, the EMA teacher) and default BN."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
+           "--rdzv-endpoint", "localhost:0", "-m", "dalab", "train", "--data-dir", str(tiny_data),
+           "--out", str(tmp_path / "r"), "--quiet", "--device", "cpu", "--batch-size", "32", "--epochs", "1",
+           "--method", method, "--precision", "fp32"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["status"] == "completed" and s["world_size"] == 2 and s["config"]["batch_norm"] is True

@@ -236,15 +236,16 @@ def cfg(tiny, **kw):
     return TrainConfig(**base)
 
 
-@pytest.mark.parametrize("method,extra", [("cdan", {}), ("cdan+e", {"batch_norm": True}),
+@pytest.mark.parametrize("method,extra", [("cdan", {"input_norm": "none"}), ("cdan+e", {"batch_norm": False}),
                                           ("vada", {"input_norm": "instance"}), ("mcc", {}),
                                           ("mean-teacher", {"batch_norm": True, "input_norm": "instance"}),
-                                          ("fixmatch", {})])
+                                          ("fixmatch", {"batch_norm": False, "input_norm": "none"})])
 def test_new_methods_train_one_epoch(tiny_data, tmp_path, method, extra):
     s = Trainer(cfg(tiny_data, method=method, **extra), tmp_path / "r", progress=False).fit()
     assert s["status"] == "completed" and 0 <= s["target_test_acc"] <= 1
     model, conf = load_model(tmp_path / "r" / "model.pt")
-    assert conf["input_norm"] == extra.get("input_norm", "none")
+    assert conf["input_norm"] == extra.get("input_norm", TrainConfig().input_norm)
+    assert conf["batch_norm"] == extra.get("batch_norm", TrainConfig().batch_norm)
     assert model.features_net.input_norm == conf["input_norm"]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -48,7 +49,8 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="ganin: lambda_max * (2 / (1 + exp(-gamma p)) - 1)")
     p.add_argument("--gamma", type=nonneg_float, default=d.gamma, help="steepness of the ganin lambda ramp")
     p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
-    p.add_argument("--batch-norm", action="store_true", help="batch norm in the feature extractor")
+    p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
+                   help="batch norm in the feature extractor (--no-batch-norm for Ganin's exact network)")
     p.add_argument("--input-norm", choices=["none", "instance"], default=d.input_norm,
                    help="input normalisation: none = (x - 0.5) / 0.5, instance = per image and channel")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,

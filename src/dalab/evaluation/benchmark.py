@@ -29,10 +29,16 @@ from ..training import TrainConfig, Trainer
 class SuiteEntry:
     method: str
     overrides: dict = field(default_factory=dict)   # TrainConfig fields
-    init_from_method: str | None = None             # warm start from this method's run, same seed
+    init_from_method: str | None = None             # warm start from this entry's run, same seed
+    name: str = ""                                  # row/folder name when one method appears twice
+
+    @property
+    def key(self) -> str:
+        return self.name or self.method
 
 
 ADAM_IN = {"optimizer": "adam", "input_norm": "instance"}
+GANIN_NET = {"batch_norm": False, "input_norm": "none"}  # Ganin's exact network and input scaling
 
 SUITES: dict[str, dict] = {
     "digits-mnistm": {
@@ -50,17 +56,33 @@ SUITES: dict[str, dict] = {
             SuiteEntry("fixmatch", dict(ADAM_IN)),
         ],
     },
+    # the foundation's acceptance table: dalab's defaults, Ganin's exact network, and the oracle
+    "digits-mnistm-core": {
+        "source": "mnist", "target": "mnistm",
+        "description": "MNIST -> MNIST-M (rebuilt); dalab defaults (BN + instance input norm) and Ganin's exact net",
+        "entries": [
+            SuiteEntry("source-only"),
+            SuiteEntry("dann"),
+            SuiteEntry("target-only", name="target-only (oracle)"),
+            SuiteEntry("source-only", dict(GANIN_NET), name="source-only (Ganin net)"),
+            SuiteEntry("dann", dict(GANIN_NET), name="dann (Ganin net)"),
+        ],
+    },
 }
 
 SELECTED_BY = "last epoch"
 
 
-def _summary_path(out: Path, method: str, seed: int) -> Path:
-    return out / method / f"seed{seed}" / "summary.json"
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "+-_" else "-" for c in name).strip("-").replace("--", "-")
+
+
+def _summary_path(out: Path, key: str, seed: int) -> Path:
+    return out / _slug(key) / f"seed{seed}" / "summary.json"
 
 
 def run_one(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict, progress: bool) -> dict:
-    run_dir = out / entry.method / f"seed{seed}"
+    run_dir = out / _slug(entry.key) / f"seed{seed}"
     summ = run_dir / "summary.json"
     if summ.is_file():
         s = json.loads(summ.read_text())
@@ -70,7 +92,7 @@ def run_one(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict, 
     cfg.update(entry.overrides)
     cfg.update({k: v for k, v in common.items() if v is not None})
     if entry.init_from_method:
-        parent = out / entry.init_from_method / f"seed{seed}"
+        parent = out / _slug(entry.init_from_method) / f"seed{seed}"
         if not (parent / "model.pt").is_file():
             return _failed(run_dir, entry.method, seed,
                            f"needs a finished {entry.init_from_method} run for seed {seed} ({parent}/model.pt)")
@@ -110,6 +132,8 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
         rows.append({"method": method, "source_acc_mean": sm, "source_acc_std": ss,
                      "target_acc_mean": tm, "target_acc_std": ts, "runs_ok": len(ok), "runs": len(runs),
                      "selected_by": SELECTED_BY, "train_seconds_mean": trm,
+                     "device": (f"{ok[0].get('device')}: {ok[0].get('device_name')}, {ok[0].get('precision')}"
+                                if ok else None),
                      "failures": [f"seed {r.get('seed')}: {r.get('status')}: {r.get('failure')}"
                                   for r in runs if r.get("status") != "completed"]})
     return rows
@@ -133,6 +157,9 @@ def format_table(rows: list[dict], suite_name: str) -> str:
         lines += ["", "Failed or diverged runs:", *fails]
     lines += ["", "Mean ± sample std over seeds of the last-epoch model; no target label used for "
               "training, tuning or model choice."]
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    if devices:
+        lines += ["", "Hardware: " + "; ".join(devices) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -145,11 +172,11 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
     spec = SUITES[suite]
     entries = spec["entries"]
     if methods:
-        known = {e.method for e in entries}
+        known = {e.key for e in entries}
         bad = [m for m in methods if m not in known]
         if bad:
             raise DalabError(f"method {bad[0]!r} is not in suite {suite} ({', '.join(sorted(known))})")
-        entries = [e for e in entries if e.method in methods]
+        entries = [e for e in entries if e.key in methods]
     assert all(e.method in METHODS for e in entries)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,10 +187,10 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
         for seed in range(seeds):
             s = run_one(e, spec, seed, out, common, progress)
             acc = s.get("target_test_acc")
-            log(f"{e.method:13s} seed {seed}: {s.get('status')}"
+            log(f"{e.key:13s} seed {seed}: {s.get('status')}"
                 + (" (reused)" if s.get("reused") else "")
                 + (f"  target {100 * acc:.2f}%" if acc is not None else f"  ({s.get('failure')})"))
-            results.setdefault(e.method, []).append(s)
+            results.setdefault(e.key, []).append(s)
     rows = aggregate(results, seeds)
     table = format_table(rows, suite)
     atomic_write_text(out / "benchmark.md", table)

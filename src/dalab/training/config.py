@@ -26,8 +26,11 @@ class TrainConfig:
     lambda_max: float = 1.0
     lambda_schedule: str = "ganin"  # ganin ramp with gamma, or constant
     gamma: float = 10.0
-    batch_norm: bool = False
-    input_norm: str = "none"        # none: (x - 0.5) / 0.5 ; instance: per-image, per-channel standardisation
+    # dalab's defaults add batch norm (per-domain batch statistics in DANN) and per-image input
+    # standardisation to Ganin's network: DANN's MNIST-M accuracy rises from ~0.75 to ~0.86 at the
+    # same cost (see README). Ganin's exact setting: batch_norm=False, input_norm="none".
+    batch_norm: bool = True
+    input_norm: str = "instance"    # none: (x - 0.5) / 0.5 ; instance: per-image, per-channel standardisation
     precision: str = "auto"         # auto | fp32 | bf16
     channels_last: bool = True
     device: str = "auto"
