@@ -322,6 +322,10 @@ def test_cli_train_on_folders_and_bad_file(tmp_path, capsys):
               "--data-dir", str(tmp_path / "data"), "--quiet"]
     assert main(["train", *common, "--target", f"folder:{tgt}", "--out", str(tmp_path / "ok")]) == 0
     assert "n/a" in capsys.readouterr().out
+    rc = main(["evaluate", "--checkpoint", str(tmp_path / "ok" / "model.pt"), "--domain", f"folder:{tgt}",
+               "--data-dir", str(tmp_path / "data"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "unlabelled" in err and len(err.splitlines()) == 1
     (tgt / "zz_bad.png").write_bytes(b"garbage")
     rc = main(["train", *common, "--target", f"folder:{tgt}", "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err.strip()

@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--limit-eval", type=positive_int, default=None)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="independent runs in N parallel processes (each isolated; a crashed run is recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the aggregated rows as JSON")
     add_data_dir(p)
@@ -40,7 +42,7 @@ def run(args) -> int:
     res = run_benchmark(args.suite, args.seeds, args.out, methods=methods, epochs=args.epochs,
                         limit_train=args.limit_train, limit_eval=args.limit_eval, device=args.device,
                         data_dir=args.data_dir, precision=args.precision, progress=not args.quiet,
-                        log=(lambda *_: None) if args.json else print)
+                        log=(lambda *_: None) if args.json else print, jobs=args.jobs)
     if args.json:
         print_json(res["rows"])
     else:

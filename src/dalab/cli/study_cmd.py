@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild the report from the runs already in --out")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="independent runs in N parallel processes (each isolated; a crashed run is recorded)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (1 is much faster on a CPU shared with other jobs)")
     add_data_dir(p)
@@ -50,7 +52,8 @@ def run_study(args) -> int:
 
         torch.set_num_threads(args.threads)
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    study = Study(args.preset, args.out, device=args.device, seeds=args.seeds, data_dir=args.data_dir, log=log)
+    study = Study(args.preset, args.out, device=args.device, seeds=args.seeds, data_dir=args.data_dir, log=log,
+                  jobs=args.jobs, threads=args.threads)
     if args.report_only:
         if not (Path(args.out) / "runs").is_dir():
             raise DalabError(f"--report-only: {args.out} holds no study runs")

@@ -179,6 +179,11 @@ def run_evaluate(args) -> int:
     model, config = load_model(args.checkpoint, device)
     split = load_domain(args.domain, args.data_dir)[args.split]
     x, y = split.tensors(device)
+    if len(y) == 0:
+        raise DalabError(f"{args.domain}/{args.split}: no images to evaluate")
+    if bool((y < 0).any()):
+        raise DalabError(f"{args.domain}/{args.split} is unlabelled: accuracy cannot be measured "
+                         "(use `dalab predict` for labels)")
     acc = accuracy_of(model, x, y)
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split,
            "accuracy": acc, "n": len(y), "trained_method": config.get("method")}

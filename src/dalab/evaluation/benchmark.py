@@ -166,7 +166,7 @@ def format_table(rows: list[dict], suite_name: str) -> str:
 def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = None, epochs: int | None = None,
                   limit_train: int | None = None, limit_eval: int | None = None, device: str | None = None,
                   data_dir: str | None = None, precision: str | None = None, progress: bool = True,
-                  log=print) -> dict:
+                  log=print, jobs: int = 1) -> dict:
     if suite not in SUITES:
         raise DalabError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     spec = SUITES[suite]
@@ -183,6 +183,25 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
     common = dict(epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, device=device,
                   data_dir=data_dir, precision=precision)
     results: dict[str, list[dict]] = {}
+    if jobs > 1:  # independent runs in parallel processes; warm-started entries after their parents
+        from ..training.pool import Job, run_parallel
+
+        for phase in (False, True):
+            todo = []
+            for e in entries:
+                if (e.init_from_method is not None) != phase:
+                    continue
+                for seed in range(seeds):
+                    cfg = dict(method=e.method, source=spec["source"], target=spec["target"], seed=seed)
+                    cfg.update(e.overrides)
+                    cfg.update({k: v for k, v in common.items() if v is not None})
+                    if e.init_from_method:
+                        parent = out / _slug(e.init_from_method) / f"seed{seed}" / "model.pt"
+                        if not parent.is_file():
+                            continue  # run_one below records the missing parent
+                        cfg["init_from"] = str(parent)
+                    todo.append(Job(f"{e.key} seed {seed}", TrainConfig(**cfg), out / _slug(e.key) / f"seed{seed}"))
+            run_parallel(todo, jobs, log=log)
     for e in entries:
         for seed in range(seeds):
             s = run_one(e, spec, seed, out, common, progress)

@@ -206,7 +206,8 @@ def run_status(summary: dict | None) -> str:
 
 class Study:
     def __init__(self, preset: str | Preset, out, device: str = "auto", seeds: int | None = None,
-                 data_dir=None, log=print):
+                 data_dir=None, log=print, jobs: int = 1, threads: int | None = None):
+        self.jobs, self.threads = int(jobs), threads
         if isinstance(preset, str):
             if preset not in PRESETS:
                 raise DalabError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
@@ -250,7 +251,9 @@ class Study:
         self.log(f"study '{self.preset.name}': {n} runs ({len(self.specs) // self.seeds} configurations x "
                  f"{self.seeds} seeds) into {self.out}")
         trained, spent = 0, 0.0
-        for i, spec in enumerate(self.specs, 1):
+        if self.jobs > 1:
+            self._run_parallel()
+        for i, spec in enumerate([] if self.jobs > 1 else self.specs, 1):
             folder = spec.folder(self.out, self.preset)
             cached = (folder / "summary.json").is_file()
             t = time.perf_counter()
@@ -274,6 +277,23 @@ class Study:
         results["study_seconds_this_invocation"] = round(time.perf_counter() - t0, 1)
         atomic_write_json(self.out / "results.json", results)
         return results
+
+    def _run_parallel(self) -> None:
+        """``--jobs N``: independent runs in N processes; pseudo-label runs after their teachers."""
+        from ..training.pool import Job, run_parallel
+
+        for phase in (False, True):  # teachers first, then the runs that start from them
+            todo = []
+            for spec in self.specs:
+                if (spec.teacher is not None) != phase:
+                    continue
+                init = self._init_from(spec)
+                if init is not None and not Path(init).is_file():
+                    self.log(f"{spec.key} seed {spec.seed}: skipped (teacher {spec.teacher} has no model)")
+                    continue
+                cfg = train_config(spec, self.preset, self.device, self.data_dir, init)
+                todo.append(Job(f"{spec.key} seed {spec.seed}", cfg, spec.folder(self.out, self.preset)))
+            run_parallel(todo, self.jobs, self.threads, log=self.log)
 
     # ------------------------------------------------------------------ analysis
     def _data(self):
