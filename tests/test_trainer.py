@@ -93,3 +93,27 @@ def test_init_from_warm_starts(tiny_data, tmp_path):
     s = Trainer(cfg(tiny_data, method="dann", epochs=1, init_from=str(tmp_path / "a" / "model.pt")),
                 tmp_path / "b", progress=False).fit()
     assert s["config"]["init_from"].endswith("model.pt") and s["source_test_acc"] > 0.8
+
+
+def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
+    from dalab.training.trainer import WeightEMA
+
+    # the EMA maths: warm-up decay min(d, (1 + t) / (10 + t)), buffers copied
+    m = torch.nn.BatchNorm1d(2)
+    ema = WeightEMA(m, 0.9)
+    with torch.no_grad():
+        m.weight.fill_(3.0)
+        m.running_mean.fill_(5.0)
+    ema.update(m)  # t = 1: d = 2 / 11
+    assert torch.allclose(ema.model.weight, torch.full((2,), (2 / 11) * 1.0 + (9 / 11) * 3.0))
+    assert torch.equal(ema.model.running_mean, m.running_mean)
+    # in a run: model.pt holds the EMA weights, not the raw ones
+    t = Trainer(cfg(tiny_data, ema_decay=0.99), tmp_path / "e", progress=False)
+    s = t.fit()
+    saved = torch.load(tmp_path / "e" / "model.pt", weights_only=True)["state_dict"]
+    raw = t.model.state_dict()
+    assert any(not torch.equal(saved[k], raw[k].cpu()) for k in saved if k.endswith("weight"))
+    ck = torch.load(tmp_path / "e" / "ckpt.pt", weights_only=True)
+    assert "ema" in ck and ck["ema_updates"] == 2 * s["steps_per_epoch"]
+    with pytest.raises(DalabError, match="ema"):
+        cfg(tiny_data, ema_decay=1.0).validate()

@@ -61,6 +61,8 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--limit-eval", type=positive_int, default=None, help="evaluate on the first N images")
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="epochs between evaluations")
     p.add_argument("--init-from", default=None, help="start from the weights of this model.pt")
+    p.add_argument("--ema-decay", type=nonneg_float, default=d.ema_decay,
+                   help="evaluate and save an exponential moving average of the weights (e.g. 0.999; 0 = off)")
     p.add_argument("--method-arg", dest="method_args", action="append", default=None, metavar="KEY=VALUE",
                    type=method_arg, help="a method hyper-parameter, repeatable (e.g. --method-arg beta=0.01)")
     add_data_dir(p)
@@ -75,7 +77,7 @@ def config_from_args(args) -> TrainConfig:
         precision=args.precision,
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
         limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,
-        init_from=args.init_from,
+        init_from=args.init_from, ema_decay=args.ema_decay,
         method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
 
 

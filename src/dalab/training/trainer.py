@@ -258,8 +258,12 @@ class Trainer:
         lr0 = cfg.resolved_lr()
         history: list[dict] = []
         start_epoch, train_seconds = 0, 0.0
+        ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         if resume_ck is not None:
             model.load_state_dict(resume_ck["model"])
+            if ema is not None:
+                ema.model.load_state_dict(resume_ck["ema"])
+                ema.updates = int(resume_ck.get("ema_updates", 0))
             self.method.load_state_dict(resume_ck["method"])
             opt.load_state_dict(resume_ck["optimizer"])
             _set_rng_state(resume_ck["rng"], gen)
@@ -295,6 +299,8 @@ class Trainer:
                 loss.backward()
                 opt.step()
                 self.method.after_step(model)
+                if ema is not None:
+                    ema.update(model)
                 for k, v in logs.items():
                     sums[k] = sums[k] + v.float() if k in sums else v.float().clone()
                 if (i + 1) % check_every == 0 and not all_finite(loss, self.dist):
@@ -324,16 +330,17 @@ class Trainer:
             if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
                 row = {"epoch": epoch + 1, "step": (epoch + 1) * steps, "lr": lr,
                        **{k: round(v, 6) for k, v in means.items()}, **epoch_logs,
-                       **self.evaluate(model, data), "train_seconds": round(train_seconds, 3)}
+                       **self.evaluate(ema.model if ema else model, data),
+                       "train_seconds": round(train_seconds, 3)}
                 history.append(row)
                 if self.logger is not None and self.dist.is_main:
                     self.logger(row)
-                self._checkpoint(model, opt, gen, epoch + 1, train_seconds, history)
+                self._checkpoint(model, opt, gen, epoch + 1, train_seconds, history, ema)
         summary = self._summary(model, data, history, status, failure, train_seconds,
                                 time.perf_counter() - wall0, steps)
         if self.out is not None and self.dist.is_main:
             if status == "completed":
-                save_model(self.out / "model.pt", model, self.model_config())
+                save_model(self.out / "model.pt", ema.model if ema else model, self.model_config())
             atomic_write_json(self.out / "summary.json", summary)
         return summary
 
@@ -345,7 +352,7 @@ class Trainer:
         return tqdm(total=steps, desc=f"{self.method.name} epoch {epoch + 1}/{self.cfg.epochs}",
                     unit="step", leave=False, file=sys.stderr, mininterval=0.5)
 
-    def _checkpoint(self, model, opt, gen, epoch, train_seconds, history) -> None:
+    def _checkpoint(self, model, opt, gen, epoch, train_seconds, history, ema=None) -> None:
         if self.out is None or not self.dist.is_main:
             return
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
@@ -353,7 +360,9 @@ class Trainer:
                      "model": model.state_dict(), "method": self.method.state_dict(),
                      "optimizer": opt.state_dict(),
                      "rng": _rng_state(gen), "train_seconds": train_seconds,
-                     "history": [json.dumps(r) for r in history]}, self.out / "ckpt.pt")
+                     "history": [json.dumps(r) for r in history],
+                     **({"ema": ema.model.state_dict(), "ema_updates": ema.updates} if ema else {})},
+                    self.out / "ckpt.pt")
 
     def _summary(self, model, data, history, status, failure, train_seconds, wall, steps) -> dict:
         cfg = self.cfg
@@ -380,6 +389,33 @@ class Trainer:
         if failure:
             s["failure"] = failure
         return s
+
+
+class WeightEMA:
+    r"""Polyak/EMA average of the weights, :math:`\bar\theta \leftarrow d\,\bar\theta + (1-d)\,\theta`
+    after every step, with the usual warm-up :math:`d_t = \min(d, (1 + t) / (10 + t))`; buffers
+    (batch-norm statistics) are copied. With ``--ema-decay`` the averaged network is the one
+    evaluated and saved: it damps the epoch-to-epoch swings of adversarial training without
+    looking at any target label.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay, self.updates = float(decay), 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_p = [p for p in self.model.parameters()]
+        src_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
+        for eb, b in zip(self.model.buffers(), model.buffers()):
+            eb.copy_(b)
 
 
 def _device_name(device: torch.device) -> str:
