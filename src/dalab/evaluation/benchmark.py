@@ -67,7 +67,6 @@ SUITES: dict[str, dict] = {
             SuiteEntry("target-only", name="target-only (oracle)"),
             SuiteEntry("source-only", {"ema_decay": 0.0}, name="source-only (no EMA)"),
             SuiteEntry("dann", {"ema_decay": 0.0}, name="dann (no EMA)"),
-            SuiteEntry("source-only", dict(GANIN_NET), name="source-only (Ganin net)"),
             SuiteEntry("dann", dict(GANIN_NET), name="dann (Ganin net)"),
         ],
     },
@@ -101,7 +100,7 @@ def run_one(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict, 
                            f"needs a finished {entry.init_from_method} run for seed {seed} ({parent}/model.pt)")
         cfg["init_from"] = str(parent / "model.pt")
     try:
-        return Trainer(TrainConfig(**cfg), run_dir, progress=progress, overwrite=True).fit()
+        return Trainer(TrainConfig(**cfg), run_dir, progress=progress, resume=True).fit()  # a killed run resumes
     except DalabError as e:
         return _failed(run_dir, entry.method, seed, str(e))
     except Exception as e:  # noqa: BLE001 - one broken method must not stop the benchmark
