@@ -173,6 +173,15 @@ def train_config(spec: RunSpec, preset: Preset, device: str, data_dir, init_from
                        init_from=init_from, method_args=spec.method_args)
 
 
+def _net_options() -> str:
+    """The trainer defaults every study run uses on top of Ganin's network (stated in the report)."""
+    d = TrainConfig()
+    parts = ["batch norm (per-domain batch statistics)" if d.batch_norm else "no batch norm",
+             f"{d.input_norm} input normalisation",
+             f"weight EMA {d.ema_decay:g} for the evaluated model" if d.ema_decay > 0 else "no weight EMA"]
+    return ", ".join(parts)
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -414,7 +423,7 @@ class Study:
                 "source": "mnist", "target": "mnistm",
                 "source_description": src.description, "target_description": tgt.description,
                 "n_train_per_domain": pre.limit_train or len(src["train"]),
-                "n_eval": pre.limit_eval, "target_labels": (
+                "n_eval": pre.limit_eval, "net_options": _net_options(), "target_labels": (
                     "never used for training or model selection (the model kept is the last epoch's); read "
                     "only to measure target test accuracy and, after the fact, pseudo-label accuracy"),
                 "collapse_rule": f"a run has broken down if it diverged (non-finite loss) or its source "

@@ -695,7 +695,8 @@ def build_report(results: dict, study_dir, data=None) -> dict:
             f"shipped in Python wheels; numbers are not directly comparable with published MNIST-M results.",
             f"Target labels are {proto['target_labels']}.",
             f"Budget: {pre['note'].rstrip('.')}. Training images per domain: {proto['n_train_per_domain']}; evaluation images "
-            f"per test split: {proto['n_eval'] or 'all'}. Ganin's network (conv 32-48, 768 features), "
+            f"per test split: {proto['n_eval'] or 'all'}. Ganin's network (conv 32-48, 768 features) with "
+            f"dalab's trainer defaults ({proto.get('net_options', 'see summary.json')}), "
             + ("SGD momentum 0.9, lr 0.01 annealed as 0.01 / (1 + 10 p)^0.75" if pre.get("optimizer", "sgd") == "sgd"
                else f"{pre.get('optimizer')} optimiser") +
             f", batches of {pre['batch_size']} source + {pre['batch_size']} target images; the model kept is "
