@@ -152,3 +152,18 @@ def test_aggregate_mean_std():
     assert math.isclose(r["target_acc_mean"], 0.7) and math.isclose(r["target_acc_std"], math.sqrt(0.02))
     assert r["runs_ok"] == 2 and r["runs"] == 3 and "diverged" in r["failures"][0]
     assert "70.00 ± 14.14" in format_table([r], "digits-mnistm")
+
+
+def test_benchmark_jobs_runs_each_run_once_in_parallel(tiny_data, tmp_path):
+    """--jobs 2: every run trains once in a worker process; the in-process pass only collects."""
+    from dalab.evaluation.benchmark import run_benchmark
+
+    lines = []
+    res = run_benchmark("digits-mnistm", 1, tmp_path / "b", methods=["source-only", "dann"], epochs=1,
+                        limit_train=256, limit_eval=128, data_dir=str(tiny_data), precision="fp32",
+                        device="cpu", progress=False, log=lines.append, jobs=2)
+    assert {r["method"] for r in res["rows"]} == {"source-only", "dann"}
+    assert all(r["runs_ok"] == 1 for r in res["rows"])
+    for m in ("source-only", "dann"):
+        assert (tmp_path / "b" / m / "seed0" / "worker.log").is_file()  # trained by a pool worker
+    assert not any("(reused)" in l for l in lines)

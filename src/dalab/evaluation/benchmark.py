@@ -23,6 +23,7 @@ from ..data.io import atomic_write_json, atomic_write_text
 from ..errors import DalabError
 from ..methods import METHODS
 from ..training import TrainConfig, Trainer
+from ..training.pool import Job, failure_record, run_parallel
 
 
 @dataclass
@@ -83,6 +84,19 @@ def _summary_path(out: Path, key: str, seed: int) -> Path:
     return out / _slug(key) / f"seed{seed}" / "summary.json"
 
 
+def _run_config(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict) -> tuple[dict | None, str]:
+    """TrainConfig keyword arguments of one run, or ``(None, reason)`` when its warm-start parent is missing."""
+    cfg = dict(method=entry.method, source=suite["source"], target=suite["target"], seed=seed)
+    cfg.update(entry.overrides)
+    cfg.update({k: v for k, v in common.items() if v is not None})
+    if entry.init_from_method:
+        parent = out / _slug(entry.init_from_method) / f"seed{seed}"
+        if not (parent / "model.pt").is_file():
+            return None, f"needs a finished {entry.init_from_method} run for seed {seed} ({parent}/model.pt)"
+        cfg["init_from"] = str(parent / "model.pt")
+    return cfg, ""
+
+
 def run_one(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict, progress: bool) -> dict:
     run_dir = out / _slug(entry.key) / f"seed{seed}"
     summ = run_dir / "summary.json"
@@ -90,30 +104,22 @@ def run_one(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict, 
         s = json.loads(summ.read_text())
         s["reused"] = True
         return s
-    cfg = dict(method=entry.method, source=suite["source"], target=suite["target"], seed=seed)
-    cfg.update(entry.overrides)
-    cfg.update({k: v for k, v in common.items() if v is not None})
-    if entry.init_from_method:
-        parent = out / _slug(entry.init_from_method) / f"seed{seed}"
-        if not (parent / "model.pt").is_file():
-            return _failed(run_dir, entry.method, seed,
-                           f"needs a finished {entry.init_from_method} run for seed {seed} ({parent}/model.pt)")
-        cfg["init_from"] = str(parent / "model.pt")
+    cfg, missing = _run_config(entry, suite, seed, out, common)
+    if cfg is None:
+        return _failed(entry.method, seed, missing)
     try:
         return Trainer(TrainConfig(**cfg), run_dir, progress=progress, resume=True).fit()  # a killed run resumes
     except DalabError as e:
-        return _failed(run_dir, entry.method, seed, str(e))
+        return _failed(entry.method, seed, str(e))
     except Exception as e:  # noqa: BLE001 - one broken method must not stop the benchmark
-        return _failed(run_dir, entry.method, seed, f"{type(e).__name__}: {e}",
-                       traceback.format_exc(limit=3))
+        return _failed(entry.method, seed, f"{type(e).__name__}: {e}", traceback.format_exc(limit=3))
 
 
-def _failed(run_dir: Path, method: str, seed: int, reason: str, tb: str | None = None) -> dict:
-    s = {"method": method, "seed": seed, "status": "failed", "failure": reason,
-         "source_test_acc": None, "target_test_acc": None, "train_seconds": None}
+def _failed(method: str, seed: int, reason: str, tb: str | None = None) -> dict:
+    # not written to summary.json: a failed run is retried next time
+    s = failure_record(method, seed, reason)
     if tb:
         s["traceback"] = tb
-    # not written to summary.json: a failed run is retried next time
     return s
 
 
@@ -185,28 +191,25 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
     common = dict(epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, device=device,
                   data_dir=data_dir, precision=precision)
     results: dict[str, list[dict]] = {}
+    done: dict[tuple[str, int], dict] = {}
     if jobs > 1:  # independent runs in parallel processes; warm-started entries after their parents
-        from ..training.pool import Job, run_parallel
-
         for phase in (False, True):
-            todo = []
+            todo, labels = [], {}
             for e in entries:
                 if (e.init_from_method is not None) != phase:
                     continue
                 for seed in range(seeds):
-                    cfg = dict(method=e.method, source=spec["source"], target=spec["target"], seed=seed)
-                    cfg.update(e.overrides)
-                    cfg.update({k: v for k, v in common.items() if v is not None})
-                    if e.init_from_method:
-                        parent = out / _slug(e.init_from_method) / f"seed{seed}" / "model.pt"
-                        if not parent.is_file():
-                            continue  # run_one below records the missing parent
-                        cfg["init_from"] = str(parent)
-                    todo.append(Job(f"{e.key} seed {seed}", TrainConfig(**cfg), out / _slug(e.key) / f"seed{seed}"))
-            run_parallel(todo, jobs, log=log)
+                    cfg, _ = _run_config(e, spec, seed, out, common)
+                    if cfg is None:
+                        continue  # run_one below records the missing parent
+                    label = f"{e.key} seed {seed}"
+                    labels[label] = (e.key, seed)
+                    todo.append(Job(label, TrainConfig(**cfg), out / _slug(e.key) / f"seed{seed}"))
+            for label, res in run_parallel(todo, jobs, log=log).items():
+                done[labels[label]] = res
     for e in entries:
         for seed in range(seeds):
-            s = run_one(e, spec, seed, out, common, progress)
+            s = done.get((e.key, seed)) or run_one(e, spec, seed, out, common, progress)
             acc = s.get("target_test_acc")
             log(f"{e.key:13s} seed {seed}: {s.get('status')}"
                 + (" (reused)" if s.get("reused") else "")

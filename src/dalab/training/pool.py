@@ -32,8 +32,9 @@ class Job:
     out: Path
 
 
-def _failure(job: Job, reason: str) -> dict:
-    return {"method": job.config.method, "seed": job.config.seed, "status": "failed", "failure": reason,
+def failure_record(method: str, seed: int, reason: str) -> dict:
+    """The summary-shaped record of a run that failed before writing ``summary.json``."""
+    return {"method": method, "seed": seed, "status": "failed", "failure": reason,
             "source_test_acc": None, "target_test_acc": None, "source_val_acc": None, "train_seconds": None}
 
 
@@ -59,7 +60,7 @@ def run_parallel(jobs_list: list[Job], jobs: int, threads: int | None = None, lo
             while pending and len(running) < jobs:
                 job = pending.pop(0)
                 job.out.mkdir(parents=True, exist_ok=True)
-                cfg_path = Path(tmp) / f"{len(results) + len(running) + len(pending)}-{os.getpid()}-{id(job)}.json"
+                cfg_path = Path(tmp) / f"{job.out.name}-{id(job)}.json"
                 cfg_path.write_text(json.dumps(job.config.to_dict()))
                 logf = job.out / "worker.log"
                 with open(logf, "w") as lf:
@@ -78,11 +79,13 @@ def run_parallel(jobs_list: list[Job], jobs: int, threads: int | None = None, lo
                 if summ.is_file():
                     res = json.loads(summ.read_text())
                 elif fail.is_file():
-                    res = _failure(job, json.loads(fail.read_text())["failure"])
+                    reason = json.loads(fail.read_text())["failure"]
+                    res = failure_record(job.config.method, job.config.seed, reason)
                     fail.unlink()
                 else:
                     tail = Path(logf).read_text(errors="replace").strip().splitlines()[-1:] if Path(logf).exists() else []
-                    res = _failure(job, f"worker exited with code {rc}" + (f": {tail[0][:200]}" if tail else ""))
+                    reason = f"worker exited with code {rc}" + (f": {tail[0][:200]}" if tail else "")
+                    res = failure_record(job.config.method, job.config.seed, reason)
                 results[job.label] = res
                 acc = res.get("target_test_acc")
                 log(f"{job.label}: {res.get('status')}" + (f", target {100 * acc:.1f}%" if acc is not None else
