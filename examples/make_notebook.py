@@ -293,7 +293,7 @@ selection) matters. First by hand, with the API:
 """),
     code(r"""
 teacher = RESULTS["DANN"]["model"]
-probs = dalab.predict_logits(teacher, xt).softmax(1)
+probs = dalab.predict_logits(teacher, xt, domain="target").softmax(1)  # target batch-norm statistics
 conf, pseudo = probs.max(1)
 keep = conf >= 0.9
 print(f"{keep.float().mean():.1%} of the target training images get a pseudo-label (confidence >= 0.9)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..errors import DalabError
 from ..evaluation.benchmark import SUITES, run_benchmark
 from .common import HelpFormatter, add_data_dir, positive_int, print_json
 
@@ -9,9 +10,12 @@ EPILOG = """examples:
   dalab benchmark --suite digits-mnistm --seeds 3 --out runs/bench
   dalab benchmark --suite digits-mnistm --seeds 1 --methods dann,vada,dirt-t --epochs 2 \\
       --limit-train 20000 --out runs/bench-quick
+  dalab benchmark --suite digits-pairs --seeds 1 --out runs/pairs      # six domain pairs
+  dalab benchmark --suite digits-pairs --pairs uci-digits:mnist --methods source-only,dann --out runs/pairs
 
-Runs OUT/<method>/seed<k>/ (reused when summary.json exists: re-running continues a
-stopped benchmark), then writes OUT/benchmark.md (the table) and OUT/benchmark.json.
+Runs OUT/<method>/seed<k>/ (OUT/<source>-to-<target>/<method>/seed<k>/ for
+digits-pairs; reused when summary.json exists: re-running continues a stopped
+benchmark), then writes OUT/benchmark.md (the table) and OUT/benchmark.json.
 A diverged/failed run is listed and the rest go on. dirt-t starts from vada's model.pt
 of the same seed. Models are the last epoch's; no target label is used.
 """
@@ -24,6 +28,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds 0..N-1")
     p.add_argument("--out", required=True)
     p.add_argument("--methods", default=None, help="comma-separated subset of the suite's methods")
+    p.add_argument("--pairs", default=None, metavar="SRC:TGT,...",
+                   help="comma-separated subset of a multi-pair suite's domain pairs, e.g. mnist:mnistm")
     p.add_argument("--epochs", type=positive_int, default=None, help="override every method's epochs")
     p.add_argument("--limit-train", type=positive_int, default=None)
     p.add_argument("--limit-eval", type=positive_int, default=None)
@@ -39,10 +45,18 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    pairs = None
+    if args.pairs:
+        pairs = []
+        for item in (x.strip() for x in args.pairs.split(",") if x.strip()):
+            src, sep, tgt = item.partition(":")
+            if not sep or not src or not tgt:
+                raise DalabError(f"--pairs: expected SOURCE:TARGET, got {item!r}")
+            pairs.append((src, tgt))
     res = run_benchmark(args.suite, args.seeds, args.out, methods=methods, epochs=args.epochs,
                         limit_train=args.limit_train, limit_eval=args.limit_eval, device=args.device,
                         data_dir=args.data_dir, precision=args.precision, progress=not args.quiet,
-                        log=(lambda *_: None) if args.json else print, jobs=args.jobs)
+                        log=(lambda *_: None) if args.json else print, jobs=args.jobs, pairs=pairs)
     if args.json:
         print_json(res["rows"])
     else:

@@ -57,7 +57,7 @@ def run_predict(args) -> int:
     preds = []
     if len(ok):
         t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        probs = torch.softmax(predict_logits(model, t), dim=1)
+        probs = torch.softmax(predict_logits(model, t, domain="target"), dim=1)  # the domain it was adapted to
         conf, label = probs.max(dim=1)
         for path, lab, c in zip(ok, label.tolist(), conf.tolist()):
             row = {"path": str(path), "label": int(lab), "confidence": round(float(c), 6)}

@@ -53,6 +53,11 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="batch norm in the feature extractor (--no-batch-norm for Ganin's exact network)")
     p.add_argument("--input-norm", choices=["none", "instance"], default=d.input_norm,
                    help="input normalisation: none = (x - 0.5) / 0.5, instance = per image and channel")
+    p.add_argument("--bn-stats", choices=["domain", "shared"], default=d.bn_stats,
+                   help="with batch norm: running statistics per domain (default) or one shared set (dalab 0.1)")
+    p.add_argument("--bn-calibration", type=nonneg_int, default=d.bn_calibration, metavar="N",
+                   help="with batch norm: evaluate each domain with its own statistics, recomputed from N "
+                        "unlabelled training images per domain (AdaBN); 0 = statistics tracked in training")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
                    help="auto: bf16 autocast where the CPU/GPU supports it")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
@@ -74,7 +79,7 @@ def config_from_args(args) -> TrainConfig:
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
         weight_decay=args.weight_decay, batch_norm=args.batch_norm, input_norm=args.input_norm,
-        precision=args.precision,
+        bn_stats=args.bn_stats, bn_calibration=args.bn_calibration, precision=args.precision,
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
         limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,
         init_from=args.init_from, ema_decay=args.ema_decay,
@@ -186,7 +191,10 @@ def run_evaluate(args) -> int:
     if bool((y < 0).any()):
         raise DalabError(f"{args.domain}/{args.split} is unlabelled: accuracy cannot be measured "
                          "(use `dalab predict` for labels)")
-    acc = accuracy_of(model, x, y)
+    # a model with per-domain batch-norm statistics uses its source's for the source domain and
+    # its target's for any other domain
+    bn = "source" if args.domain == config.get("source") else "target"
+    acc = accuracy_of(model, x, y, domain=bn)
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split,
            "accuracy": acc, "n": len(y), "trained_method": config.get("method")}
     if args.json:

@@ -1,9 +1,10 @@
 """``dalab benchmark``: every method with its default hyper-parameters, several seeds, one table.
 
-A *suite* names a source -> target pair and, per method, the training settings that are
-part of that method's recipe (optimiser, input normalisation, warm start). Each
-(method, seed) run lives in ``OUT/<method>/seed<k>/`` and is **reused** when its
-``summary.json`` already exists, so an interrupted benchmark continues where it stopped.
+A *suite* names a source -> target pair (or, with ``pairs``, several) and, per method, the
+training settings that are part of that method's recipe (optimiser, input normalisation,
+warm start). Each (method, seed) run lives in ``OUT/<method>/seed<k>/`` (a multi-pair suite:
+``OUT/<source>-to-<target>/<method>/seed<k>/``) and is **reused** when its ``summary.json``
+already exists, so an interrupted benchmark continues where it stopped.
 A diverged or failed run is recorded (status + reason) and the others go on.
 
 The model of every run is its last epoch ("selected-by: last epoch"): no target label is
@@ -55,20 +56,33 @@ SUITES: dict[str, dict] = {
             SuiteEntry("dirt-t", dict(ADAM_IN), init_from_method="vada"),
             SuiteEntry("mean-teacher", dict(ADAM_IN)),
             SuiteEntry("fixmatch", dict(ADAM_IN)),
+            SuiteEntry("dann-pl", {"epochs": 5}, init_from_method="dann"),
         ],
     },
     # the foundation's acceptance table: dalab's defaults, Ganin's exact network, and the oracle
     "digits-mnistm-core": {
         "source": "mnist", "target": "mnistm",
-        "description": ("MNIST -> MNIST-M (rebuilt); dalab defaults (batch norm, instance input norm, weight "
-                        "EMA 0.999), the same without EMA, and Ganin's exact setting"),
+        "description": ("MNIST -> MNIST-M (rebuilt); dalab defaults (batch norm with per-domain statistics, "
+                        "instance input norm, weight EMA 0.999) and ablations of them"),
         "entries": [
             SuiteEntry("source-only"),
             SuiteEntry("dann"),
             SuiteEntry("target-only", name="target-only (oracle)"),
+            SuiteEntry("dann", {"bn_stats": "shared"}, name="dann (shared BN statistics)"),
             SuiteEntry("source-only", {"ema_decay": 0.0}, name="source-only (no EMA)"),
             SuiteEntry("dann", {"ema_decay": 0.0}, name="dann (no EMA)"),
             SuiteEntry("dann", dict(GANIN_NET), name="dann (Ganin net)"),
+        ],
+    },
+    # issue 5's domain-pair table: the baselines and DANN + pseudo-labels on six digit pairs
+    "digits-pairs": {
+        "pairs": [("mnist", "mnistm"), ("mnistm", "mnist"), ("mnist", "syndigits"), ("syndigits", "mnistm"),
+                  ("mnist", "uci-digits"), ("uci-digits", "mnist")],
+        "description": "six digit domain pairs; dalab defaults",
+        "entries": [
+            SuiteEntry("source-only"),
+            SuiteEntry("dann"),
+            SuiteEntry("dann-pl", {"epochs": 5}, init_from_method="dann"),
         ],
     },
 }
@@ -80,13 +94,17 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() or c in "+-_" else "-" for c in name).strip("-").replace("--", "-")
 
 
-def _summary_path(out: Path, key: str, seed: int) -> Path:
-    return out / _slug(key) / f"seed{seed}" / "summary.json"
+def suite_pairs(suite: dict) -> list[tuple[str, str]]:
+    return [tuple(p) for p in suite["pairs"]] if "pairs" in suite else [(suite["source"], suite["target"])]
 
 
-def _run_config(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict) -> tuple[dict | None, str]:
+def _pair_out(out: Path, suite: dict, pair: tuple[str, str]) -> Path:
+    return out / _slug(f"{pair[0]}-to-{pair[1]}") if "pairs" in suite else out
+
+
+def _run_config(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, common: dict) -> tuple[dict | None, str]:
     """TrainConfig keyword arguments of one run, or ``(None, reason)`` when its warm-start parent is missing."""
-    cfg = dict(method=entry.method, source=suite["source"], target=suite["target"], seed=seed)
+    cfg = dict(method=entry.method, source=pair[0], target=pair[1], seed=seed)
     cfg.update(entry.overrides)
     cfg.update({k: v for k, v in common.items() if v is not None})
     if entry.init_from_method:
@@ -97,14 +115,14 @@ def _run_config(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: di
     return cfg, ""
 
 
-def run_one(entry: SuiteEntry, suite: dict, seed: int, out: Path, common: dict, progress: bool) -> dict:
+def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, common: dict, progress: bool) -> dict:
     run_dir = out / _slug(entry.key) / f"seed{seed}"
     summ = run_dir / "summary.json"
     if summ.is_file():
         s = json.loads(summ.read_text())
         s["reused"] = True
         return s
-    cfg, missing = _run_config(entry, suite, seed, out, common)
+    cfg, missing = _run_config(entry, pair, seed, out, common)
     if cfg is None:
         return _failed(entry.method, seed, missing)
     try:
@@ -171,10 +189,36 @@ def format_table(rows: list[dict], suite_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def format_pair_table(rows: list[dict], suite_name: str, methods: list[str]) -> str:
+    """One line per domain pair, one column per method: target acc (source acc) in %."""
+    lines = [f"# Benchmark `{suite_name}` ({SUITES[suite_name]['description']})", "",
+             "Target test accuracy, mean ± std over seeds (source test accuracy in brackets), in %.", "",
+             "| source -> target | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    pairs = list(dict.fromkeys((r["source"], r["target"]) for r in rows))
+    for pair in pairs:
+        cells = []
+        for m in methods:
+            r = next((r for r in rows if (r["source"], r["target"]) == pair and r["method"] == m), None)
+            if r is None or r["target_acc_mean"] is None:
+                cells.append("n/a")
+            else:
+                src = "" if r["source_acc_mean"] is None else f" ({100 * r['source_acc_mean']:.1f})"
+                cells.append(f"{_pm(r['target_acc_mean'], r['target_acc_std'])}{src}")
+        lines.append(f"| {pair[0]} -> {pair[1]} | " + " | ".join(cells) + " |")
+    fails = [f"- {r['source']} -> {r['target']}, {r['method']}, {f}" for r in rows for f in r["failures"]]
+    if fails:
+        lines += ["", "Failed or diverged runs:", *fails]
+    lines += ["", "Last-epoch models; no target label used for training, tuning or model choice."]
+    devices = sorted({r["device"] for r in rows if r.get("device")})
+    if devices:
+        lines += ["", "Hardware: " + "; ".join(devices) + "."]
+    return "\n".join(lines) + "\n"
+
+
 def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = None, epochs: int | None = None,
                   limit_train: int | None = None, limit_eval: int | None = None, device: str | None = None,
                   data_dir: str | None = None, precision: str | None = None, progress: bool = True,
-                  log=print, jobs: int = 1) -> dict:
+                  log=print, jobs: int = 1, pairs: list[tuple[str, str]] | None = None) -> dict:
     if suite not in SUITES:
         raise DalabError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     spec = SUITES[suite]
@@ -186,37 +230,56 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
             raise DalabError(f"method {bad[0]!r} is not in suite {suite} ({', '.join(sorted(known))})")
         entries = [e for e in entries if e.key in methods]
     assert all(e.method in METHODS for e in entries)
+    all_pairs = suite_pairs(spec)
+    if pairs:
+        bad = [p for p in pairs if tuple(p) not in all_pairs]
+        if bad:
+            raise DalabError(f"pair {bad[0][0]}:{bad[0][1]} is not in suite {suite} "
+                             f"({', '.join(f'{a}:{b}' for a, b in all_pairs)})")
+        all_pairs = [p for p in all_pairs if p in {tuple(q) for q in pairs}]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     common = dict(epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, device=device,
                   data_dir=data_dir, precision=precision)
-    results: dict[str, list[dict]] = {}
-    done: dict[tuple[str, int], dict] = {}
+    done: dict[tuple, dict] = {}
     if jobs > 1:  # independent runs in parallel processes; warm-started entries after their parents
         for phase in (False, True):
             todo, labels = [], {}
-            for e in entries:
-                if (e.init_from_method is not None) != phase:
-                    continue
-                for seed in range(seeds):
-                    cfg, _ = _run_config(e, spec, seed, out, common)
-                    if cfg is None:
-                        continue  # run_one below records the missing parent
-                    label = f"{e.key} seed {seed}"
-                    labels[label] = (e.key, seed)
-                    todo.append(Job(label, TrainConfig(**cfg), out / _slug(e.key) / f"seed{seed}"))
+            for pair in all_pairs:
+                pout = _pair_out(out, spec, pair)
+                for e in entries:
+                    if (e.init_from_method is not None) != phase:
+                        continue
+                    for seed in range(seeds):
+                        cfg, _ = _run_config(e, pair, seed, pout, common)
+                        if cfg is None:
+                            continue  # run_one below records the missing parent
+                        label = f"{pair[0]}->{pair[1]} {e.key} seed {seed}"
+                        labels[label] = (pair, e.key, seed)
+                        todo.append(Job(label, TrainConfig(**cfg), pout / _slug(e.key) / f"seed{seed}"))
             for label, res in run_parallel(todo, jobs, log=log).items():
                 done[labels[label]] = res
-    for e in entries:
-        for seed in range(seeds):
-            s = done.get((e.key, seed)) or run_one(e, spec, seed, out, common, progress)
-            acc = s.get("target_test_acc")
-            log(f"{e.key:13s} seed {seed}: {s.get('status')}"
-                + (" (reused)" if s.get("reused") else "")
-                + (f"  target {100 * acc:.2f}%" if acc is not None else f"  ({s.get('failure')})"))
-            results.setdefault(e.key, []).append(s)
-    rows = aggregate(results, seeds)
-    table = format_table(rows, suite)
+    results: dict[tuple, list[dict]] = {}
+    for pair in all_pairs:
+        pout = _pair_out(out, spec, pair)
+        for e in entries:
+            for seed in range(seeds):
+                s = done.get((pair, e.key, seed)) or run_one(e, pair, seed, pout, common, progress)
+                acc = s.get("target_test_acc")
+                where = f"{pair[0]}->{pair[1]} " if "pairs" in spec else ""
+                log(f"{where}{e.key:13s} seed {seed}: {s.get('status')}"
+                    + (" (reused)" if s.get("reused") else "")
+                    + (f"  target {100 * acc:.2f}%" if acc is not None else f"  ({s.get('failure')})"))
+                results.setdefault((pair, e.key), []).append(s)
+    if "pairs" in spec:
+        rows = []
+        for pair in all_pairs:
+            for r in aggregate({e.key: results[(pair, e.key)] for e in entries}, seeds):
+                rows.append({"source": pair[0], "target": pair[1], **r})
+        table = format_pair_table(rows, suite, [e.key for e in entries])
+    else:
+        rows = aggregate({e.key: results[(all_pairs[0], e.key)] for e in entries}, seeds)
+        table = format_table(rows, suite)
     atomic_write_text(out / "benchmark.md", table)
     atomic_write_json(out / "benchmark.json", {"suite": suite, "seeds": seeds, "rows": rows,
                                                "settings": {k: v for k, v in common.items() if v is not None}})

@@ -37,8 +37,8 @@ def class_balanced_quality(probs: np.ndarray, y_true: np.ndarray, fraction: floa
             "accuracy": float((labels[keep] == y_true[keep]).mean()) if n else None, "kept": n}
 
 
-def model_probs(model, x: torch.Tensor) -> np.ndarray:
-    return predict_logits(model, x).softmax(1).cpu().numpy()
+def model_probs(model, x: torch.Tensor, domain: str | None = "target") -> np.ndarray:
+    return predict_logits(model, x, domain=domain).softmax(1).cpu().numpy()
 
 
 def pseudo_label_quality(labels, mask, y_true) -> dict:

@@ -49,8 +49,8 @@ def _split_tensors(cache: dict, name: str, split: str, data_dir, limit: int | No
 
 
 @torch.inference_mode()
-def _outputs(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    f = extract_features(model, x)
+def _outputs(model, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
+    f = extract_features(model, x, domain=domain)
     model.eval()
     logits = torch.cat([model.classify(f[i:i + 4096]) for i in range(0, len(f), 4096)])
     return logits.float(), f
@@ -65,9 +65,9 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
     xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
     xs, _ = _split_tensors(cache, source, "train", data_dir, limit, device)
     xt, _ = _split_tensors(cache, target, target_split, data_dir, limit, device)  # labels dropped
-    logits_sv, feats_sv = _outputs(model, xsv)
-    _, feats_s = _outputs(model, xs)
-    logits_t, feats_t = _outputs(model, xt)
+    logits_sv, feats_sv = _outputs(model, xsv, "source")
+    _, feats_s = _outputs(model, xs, "source")
+    logits_t, feats_t = _outputs(model, xt, "target")
     scores = compute_validators(validators, logits_t=logits_t, feats_t=feats_t, logits_sv=logits_sv,
                                 y_sv=ysv, feats_sv=feats_sv, feats_s=feats_s, seed=seed)
     row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),

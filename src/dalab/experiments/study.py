@@ -346,8 +346,8 @@ class Study:
                     m = self._model(key, seed)
                     if m is None:
                         continue
-                    fs = extract_features(m, xs.to(dev)).cpu().numpy()
-                    ft = extract_features(m, xt.to(dev)).cpu().numpy()
+                    fs = extract_features(m, xs.to(dev), domain="source").cpu().numpy()
+                    ft = extract_features(m, xt.to(dev), domain="target").cpu().numpy()
                     atomic_write_json(f, proxy_a_distance(fs, ft, seed=seed))
                 out["pad"].setdefault(key, []).append(_read_json(f))
 
@@ -359,8 +359,8 @@ class Study:
                 m = self._model(key, 0)
                 if m is None:
                     continue
-                feats = np.concatenate([extract_features(m, xs[:n].to(dev)).cpu().numpy(),
-                                        extract_features(m, xt[:n].to(dev)).cpu().numpy()])
+                feats = np.concatenate([extract_features(m, xs[:n].to(dev), domain="source").cpu().numpy(),
+                                        extract_features(m, xt[:n].to(dev), domain="target").cpu().numpy()])
                 dom = np.r_[np.zeros(min(n, len(xs))), np.ones(min(n, len(xt)))].astype(np.int8)
                 atomic_save_npz(f, emb=tsne_2d(feats, seed=0), domain=dom)
             out["tsne"][key] = str(f.relative_to(self.out))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch.nn.functional as F
 
+from ..models.batchnorm import bn_domain
 from .base import Batch, Method, accuracy
 
 
@@ -27,6 +28,7 @@ class TargetOnly(Method):
     uses_target_labels = True
 
     def loss(self, model, batch: Batch):
-        logits = model(batch.xt)
+        with bn_domain(model, "target"):
+            logits = model(batch.xt)
         task = F.cross_entropy(logits, batch.yt)
         return task, {"task_loss": task.detach(), "train_acc": accuracy(logits.detach(), batch.yt)}

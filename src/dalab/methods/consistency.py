@@ -50,9 +50,10 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..models.batchnorm import bn_domain
 from ..models.nets import to_unit_float
 from .base import Batch, Method, accuracy
-from .dann import has_batch_norm
+from .dann import logits_per_domain
 
 
 def random_affine(x: torch.Tensor, translate: float = 2.0, rotate: float = 10.0, scale: float = 0.1,
@@ -125,14 +126,6 @@ def confident_squared_difference(student_probs: torch.Tensor, teacher_probs: tor
     return (mask * sq).mean(), mask
 
 
-def _logits_per_domain(model, xs, xt):
-    """Class logits of source and target batches; separate passes when the model has batch norm."""
-    if has_batch_norm(model):
-        return model(xs), model(xt)
-    out = model(torch.cat([xs, xt]))
-    return out[:len(xs)], out[len(xs):]
-
-
 class MeanTeacher(Method):
     name = "mean-teacher"
 
@@ -156,11 +149,12 @@ class MeanTeacher(Method):
         xs = augment(batch.xs, self.source_aug)
         xt_student = augment(batch.xt, self.target_aug)
         xt_teacher = augment(batch.xt, self.target_aug)
-        ls, lt = _logits_per_domain(model, xs, xt_student)
+        ls, lt = logits_per_domain(model, xs, xt_student)
         task = F.cross_entropy(ls, batch.ys)
         with torch.no_grad():
             self.teacher.train(model.training)
-            zbar = F.softmax(self.teacher(xt_teacher).float(), 1)
+            with bn_domain(self.teacher, "target"):
+                zbar = F.softmax(self.teacher(xt_teacher).float(), 1)
         z = F.softmax(lt.float(), 1)
         cons, mask = confident_squared_difference(z, zbar, self.threshold)
         cb = class_balance_loss(z) * mask.mean()
@@ -188,11 +182,11 @@ class FixMatch(Method):
 
     def loss(self, model, batch: Batch):
         xs = augment(batch.xs, self.source_aug)
-        with torch.no_grad():
+        with torch.no_grad(), bn_domain(model, "target"):
             q = F.softmax(model(augment(batch.xt, "weak")).float(), 1)
         conf, pseudo = q.max(1)
         mask = (conf > self.threshold).float()
-        ls, lt = _logits_per_domain(model, xs, augment(batch.xt, "strong"))
+        ls, lt = logits_per_domain(model, xs, augment(batch.xt, "strong"))
         task = F.cross_entropy(ls, batch.ys)
         unsup = (F.cross_entropy(lt.float(), pseudo, reduction="none") * mask).mean()
         return task + self.weight * unsup, {"task_loss": task.detach(), "pseudo_loss": unsup.detach(),

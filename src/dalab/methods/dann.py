@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..models.batchnorm import DomainBatchNorm2d, bn_domain
 from ..models.grl import LambdaSchedule
 from .base import Batch, Method, accuracy
 
@@ -43,7 +44,7 @@ def domain_adversarial_loss(d_logits: torch.Tensor, n_source: int) -> tuple[torc
 
 
 def has_batch_norm(model) -> bool:
-    return any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, DomainBatchNorm2d)) for m in model.modules())
 
 
 def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -51,11 +52,29 @@ def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tens
 
     Without batch norm one pass over the concatenated batch (fastest, same maths). With
     batch norm, one pass per domain, so each domain is normalised with its own batch
-    statistics during training (as in common DANN implementations and AdaBN).
+    statistics during training (as in common DANN implementations and AdaBN), and each
+    pass updates its own domain's running statistics (:mod:`dalab.models.batchnorm`).
     """
     if has_batch_norm(model):
-        return torch.cat([model.features(xs), model.features(xt)])
+        with bn_domain(model, "source"):
+            fs = model.features(xs)
+        with bn_domain(model, "target"):
+            ft = model.features(xt)
+        return torch.cat([fs, ft])
     return model.features(torch.cat([xs, xt]))
+
+
+def logits_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class logits ``model(x)`` of source and target batches, with the same rule as
+    :func:`features_per_domain` (works for any network that maps images to logits)."""
+    if has_batch_norm(model):
+        with bn_domain(model, "source"):
+            ls = model(xs)
+        with bn_domain(model, "target"):
+            lt = model(xt)
+        return ls, lt
+    out = model(torch.cat([xs, xt]))
+    return out[:len(xs)], out[len(xs):]
 
 
 class DANN(Method):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..models.inference import predict_logits
 from .base import Batch, Method, accuracy
-from .dann import DANN, domain_adversarial_loss, features_per_domain
+from .dann import DANN, domain_adversarial_loss, features_per_domain, logits_per_domain
 
 
 def select_pseudo_labels(probs: torch.Tensor, threshold: float = 0.9, class_balanced: bool = False,
@@ -75,7 +75,7 @@ class _PseudoLabelMixin:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def relabel(self, model, target_x: torch.Tensor) -> dict:
-        probs = predict_logits(model, target_x).softmax(1)
+        probs = predict_logits(model, target_x, domain="target").softmax(1)
         labels, keep = select_pseudo_labels(probs, self.threshold, self.class_balanced, self.fraction)
         dev = self.pl_labels.device
         self.pl_labels = labels.to(dev)
@@ -116,13 +116,12 @@ class PseudoLabel(_PseudoLabelMixin, Method):
         self._init_pl(threshold, class_balanced, fraction, weight, relabel_every)
 
     def loss(self, model, batch: Batch):
-        ns = batch.xs.shape[0]
-        logits = model(torch.cat([batch.xs, batch.xt]))
-        task = F.cross_entropy(logits[:ns], batch.ys)
-        pl, frac = self.pseudo_label_term(logits[ns:], batch.idx_t)
+        ls, lt = logits_per_domain(model, batch.xs, batch.xt)
+        task = F.cross_entropy(ls, batch.ys)
+        pl, frac = self.pseudo_label_term(lt, batch.idx_t)
         return task + self.weight * pl, {"task_loss": task.detach(), "pl_loss": pl.detach(),
                                          "pl_batch_kept": frac.detach(),
-                                         "train_acc": accuracy(logits[:ns].detach(), batch.ys)}
+                                         "train_acc": accuracy(ls.detach(), batch.ys)}
 
 
 class DANNPseudoLabel(_PseudoLabelMixin, DANN):

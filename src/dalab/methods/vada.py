@@ -45,6 +45,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from ..models.batchnorm import bn_domain
 from .base import Batch, Method, accuracy
 from .dann import domain_adversarial_loss, features_per_domain
 from .losses import entropy, kl_logits, vat_loss
@@ -71,8 +72,11 @@ class VADA(Method):
         d = model.domain_logits(f, self.lambda_d).float()
         dom, dom_acc = domain_adversarial_loss(d, ns)
         ent = entropy(lt).mean()
-        vat_t = vat_loss(model, batch.xt, lt, self.vat_eps) if self.lambda_t > 0 else torch.zeros((), device=f.device)
-        vat_s = vat_loss(model, batch.xs, ls, self.vat_eps) if self.lambda_s > 0 else torch.zeros((), device=f.device)
+        zero = torch.zeros((), device=f.device)
+        with bn_domain(model, "target"):
+            vat_t = vat_loss(model, batch.xt, lt, self.vat_eps) if self.lambda_t > 0 else zero
+        with bn_domain(model, "source"):
+            vat_s = vat_loss(model, batch.xs, ls, self.vat_eps) if self.lambda_s > 0 else zero
         total = task + dom + self.lambda_s * vat_s + self.lambda_t * (ent + vat_t)
         return total, {"task_loss": task.detach(), "domain_loss": dom.detach(), "domain_acc": dom_acc,
                        "target_entropy": ent.detach(), "vat_target": vat_t.detach(),
@@ -104,12 +108,13 @@ class DIRTT(Method):
         return {}
 
     def loss(self, model, batch: Batch):
-        lt = model(batch.xt)
-        with torch.no_grad():
+        with bn_domain(model, "target"):  # DIRT-T sees target images only
+            lt = model(batch.xt)
+            vat_t = vat_loss(model, batch.xt, lt, self.vat_eps)
+        with torch.no_grad(), bn_domain(self.teacher, "target"):
             self.teacher.train(model.training)
             lt_teacher = self.teacher(batch.xt)
         ent = entropy(lt).mean()
-        vat_t = vat_loss(model, batch.xt, lt, self.vat_eps)
         kl = kl_logits(lt_teacher, lt).mean()
         total = self.lambda_t * (ent + vat_t) + self.beta * kl
         return total, {"target_entropy": ent.detach(), "vat_target": vat_t.detach(),

@@ -1,4 +1,9 @@
-"""Batched inference over whole tensors (no DataLoader): logits, features, accuracy."""
+"""Batched inference over whole tensors (no DataLoader): logits, features, accuracy.
+
+``domain`` ("source", "target" or None) picks the batch-norm statistics for models with
+:class:`~dalab.models.batchnorm.DomainBatchNorm2d`; None leaves the model as it is. It has
+no effect on networks without batch norm.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import contextlib
 
 import torch
 from torch import nn
+
+from .batchnorm import bn_domain
 
 
 def autocast_ctx(device: torch.device | str, precision: str):
@@ -17,13 +24,13 @@ def autocast_ctx(device: torch.device | str, precision: str):
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
-                   precision: str = "fp32") -> torch.Tensor:
+                   precision: str = "fp32", domain: str | None = None) -> torch.Tensor:
     """Class logits (N, C) as float32; ``x`` stays where it is, batches move to the model."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     outs = []
-    with autocast_ctx(dev, precision):
+    with autocast_ctx(dev, precision), bn_domain(model, domain):
         for i in range(0, len(x), batch_size):
             outs.append(model(x[i:i + batch_size].to(dev, non_blocking=True)).float())
     model.train(was_training)
@@ -31,20 +38,22 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
 
 
 @torch.inference_mode()
-def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 2048) -> torch.Tensor:
+def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
+                     domain: str | None = None) -> torch.Tensor:
     """Features ``model.features(x)`` (N, D) as float32, in eval mode and batches (e.g. for a t-SNE)."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    outs = [model.features(x[i:i + batch_size].to(dev)).float() for i in range(0, len(x), batch_size)]
+    with bn_domain(model, domain):
+        outs = [model.features(x[i:i + batch_size].to(dev)).float() for i in range(0, len(x), batch_size)]
     model.train(was_training)
     return torch.cat(outs)
 
 
 def accuracy_of(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 2048,
-                precision: str = "fp32") -> float:
+                precision: str = "fp32", domain: str | None = None) -> float:
     """Top-1 accuracy of ``argmax model(x)`` against labels ``y`` (``nan`` for an empty set)."""
     if len(y) == 0:
         return float("nan")
-    logits = predict_logits(model, x, batch_size, precision)
+    logits = predict_logits(model, x, batch_size, precision, domain)
     return (logits.argmax(1).to(y.device) == y).float().mean().item()

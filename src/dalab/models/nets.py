@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .batchnorm import DomainBatchNorm2d
 from .grl import GradientReversal
 
 
@@ -42,15 +43,23 @@ class FeatureExtractor(nn.Module):
     r"""Ganin's green part :math:`F`: (N, 3, 28, 28) images -> (N, 768) features ``out_features``.
 
     conv 5x5 (3->32) - ReLU - maxpool 2 - conv 5x5 (32->48) - ReLU - maxpool 2 - flatten,
-    after the input normalisation described in the module docstring.
+    after the input normalisation described in the module docstring. With ``batch_norm`` a
+    batch norm follows each conv, with one set of running statistics per domain
+    (:class:`~dalab.models.batchnorm.DomainBatchNorm2d`) unless ``domain_bn=False``.
     """
 
-    def __init__(self, in_channels: int = 3, batch_norm: bool = False, input_norm: str = "none"):
+    def __init__(self, in_channels: int = 3, batch_norm: bool = False, input_norm: str = "none",
+                 domain_bn: bool = True):
         super().__init__()
         if input_norm not in INPUT_NORMS:
             raise ValueError(f"unknown input_norm {input_norm!r} ({', '.join(INPUT_NORMS)})")
         self.input_norm = input_norm
-        bn = (lambda c: nn.BatchNorm2d(c)) if batch_norm else (lambda c: nn.Identity())
+        if not batch_norm:
+            bn = lambda c: nn.Identity()  # noqa: E731
+        elif domain_bn:  # running statistics per domain (see models/batchnorm.py)
+            bn = DomainBatchNorm2d
+        else:  # checkpoints written before dalab 0.2 hold one shared set of statistics
+            bn = nn.BatchNorm2d
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 32, 5), bn(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(32, 48, 5), bn(48), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -106,9 +115,10 @@ class DANNNet(nn.Module):
 
     def __init__(self, num_classes: int = 10, batch_norm: bool = False,
                  feature_extractor: nn.Module | None = None, feature_dim: int | None = None,
-                 input_norm: str = "none"):
+                 input_norm: str = "none", domain_bn: bool = True):
         super().__init__()
-        self.features_net = feature_extractor or FeatureExtractor(batch_norm=batch_norm, input_norm=input_norm)
+        self.features_net = feature_extractor or FeatureExtractor(batch_norm=batch_norm, input_norm=input_norm,
+                                                                  domain_bn=domain_bn)
         dim = feature_dim or getattr(self.features_net, "out_features", None)
         if dim is None:
             raise ValueError("pass feature_dim for a custom feature extractor")
@@ -135,4 +145,5 @@ def build_model(config: dict) -> DANNNet:
     """Rebuild a model from the plain config stored in checkpoints."""
     return DANNNet(num_classes=int(config.get("num_classes", 10)),
                    batch_norm=bool(config.get("batch_norm", False)),
-                   input_norm=str(config.get("input_norm", "none")))
+                   input_norm=str(config.get("input_norm", "none")),
+                   domain_bn=bool(config.get("domain_bn", False)))

@@ -31,6 +31,12 @@ class TrainConfig:
     # same cost (see README). Ganin's exact setting: batch_norm=False, input_norm="none", ema_decay=0.
     batch_norm: bool = True
     input_norm: str = "instance"    # none: (x - 0.5) / 0.5 ; instance: per-image, per-channel standardisation
+    # with batch norm: "domain" keeps one set of running statistics per domain and evaluates each
+    # domain with its own, recomputed before every evaluation from ``bn_calibration`` unlabelled
+    # training images per domain (AdaBN; 0 keeps the statistics tracked during training);
+    # "shared" is plain batch norm, one set of statistics for every domain (dalab 0.1)
+    bn_stats: str = "domain"
+    bn_calibration: int = 5000
     precision: str = "auto"         # auto | fp32 | bf16
     channels_last: bool = True
     device: str = "auto"
@@ -53,6 +59,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 bad(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+        if self.bn_stats not in ("domain", "shared"):
+            bad(f"unknown bn stats {self.bn_stats!r} (domain, shared)")
+        if not isinstance(self.bn_calibration, int) or self.bn_calibration < 0:
+            bad(f"--bn-calibration must be an integer >= 0, got {self.bn_calibration!r}")
         for name in ("limit_train", "limit_eval"):
             v = getattr(self, name)
             if v is not None and v <= 0:

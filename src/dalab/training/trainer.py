@@ -30,6 +30,8 @@ from ..data.folder import check_pair
 from ..data.io import atomic_write_json, atomic_write_text
 from ..errors import DalabError, TrainingFailure
 from ..methods import Batch, Method, check_method_args, make_method
+from ..methods.dann import has_batch_norm
+from ..models.batchnorm import calibrate_bn, domain_bns
 from ..models.inference import accuracy_of, autocast_ctx
 from ..models.nets import DANNNet
 from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
@@ -183,7 +185,7 @@ class Trainer:
             model = self.user_model.to(self.device)
         else:
             model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm,
-                            input_norm=cfg.input_norm).to(self.device)
+                            input_norm=cfg.input_norm, domain_bn=cfg.bn_stats == "domain").to(self.device)
         if cfg.init_from:
             from .checkpoint import load_model
 
@@ -208,22 +210,42 @@ class Trainer:
     def model_config(self) -> dict:
         return {"arch": "ganin-mnist" if self.user_model is None else "custom",
                 "num_classes": getattr(self, "num_classes", 10), "batch_norm": self.cfg.batch_norm,
+                "domain_bn": self.user_model is None and self.cfg.batch_norm and self.cfg.bn_stats == "domain",
                 "input_norm": self.cfg.input_norm,
                 "input": [3, 28, 28], "method": self.method.name, "source": self.cfg.source,
                 "target": self.cfg.target}
 
     # ------------------------------------------------------------------ training
+    def _calibration_sets(self, data) -> dict:
+        """A fixed random subset of each domain's training images for :meth:`calibrate` (no labels)."""
+        n = self.cfg.bn_calibration
+        keys = [("source", "xs")] + ([("target", "xt")] if self.method.uses_target else [])
+        out = {}
+        for dom, key in keys:
+            x = data.get(key)
+            if n and x is not None and len(x):
+                g = torch.Generator().manual_seed(self.cfg.seed + 1)
+                idx = torch.randperm(len(x), generator=g)[:n].to(x.device)
+                out[dom] = x[idx]
+        return out
+
+    def calibrate(self, model) -> None:
+        """AdaBN: recompute each domain's batch-norm statistics with the current weights (no labels)."""
+        for dom, x in getattr(self, "_calib", {}).items():
+            calibrate_bn(model, x, dom, autocast=lambda: autocast_ctx(self.device, self.precision))
+
     def evaluate(self, model, data) -> dict:
+        self.calibrate(model)
         ev = {}
-        for key, name in (("src_val", "source_val_acc"), ("src_test", "source_test_acc"),
-                          ("tgt_test", "target_test_acc")):
+        for key, name, dom in (("src_val", "source_val_acc", "source"), ("src_test", "source_test_acc", "source"),
+                               ("tgt_test", "target_test_acc", "target")):
             if data.get(key) is None:  # in-memory data may come without some evaluation sets
                 continue
             x, y = data[key]
             if len(y) and bool((y < 0).any()):  # unlabelled target (flat image folder): no accuracy
                 ev[name] = None
                 continue
-            ev[name] = accuracy_of(model, x, y, precision=self.precision)
+            ev[name] = accuracy_of(model, x, y, precision=self.precision, domain=dom)
         return ev
 
     def fit(self) -> dict:
@@ -239,6 +261,7 @@ class Trainer:
         data = self._load_data()
         model, opt = self._build(data)
         self.model = model
+        self._calib = self._calibration_sets(data) if domain_bns(model) else {}
         B = cfg.batch_size
         primary = "xt" if self.method.name == "target-only" else "xs"
         n_primary = len(data[primary])
@@ -344,6 +367,17 @@ class Trainer:
             atomic_write_json(self.out / "summary.json", summary)
         return summary
 
+    def _bn_description(self) -> str | None:
+        if self.model is None or not has_batch_norm(self.model):
+            return None
+        if not domain_bns(self.model):
+            return "shared: one set of running statistics for every domain"
+        if not self._calib:
+            return "per domain, running statistics tracked during training"
+        return ("per domain, recomputed before each evaluation from " +
+                " and ".join(f"{len(x)} unlabelled {d} training images" for d, x in self._calib.items()) +
+                " (AdaBN)")
+
     def _bar(self, steps: int, epoch: int):
         if not self.progress:
             return None
@@ -382,6 +416,7 @@ class Trainer:
             "world_size": self.dist.world_size, "global_batch_per_domain": cfg.batch_size,
             "batch_per_domain_per_rank": cfg.batch_size // self.dist.world_size,
             "model_selection": "last epoch (no checkpoint is chosen with target labels)",
+            "bn_statistics": self._bn_description(),
             "source_description": data["src"].description, "target_description": data["tgt"].description,
             "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,
             "method_params": self.method.describe(), "config": cfg.to_dict(),

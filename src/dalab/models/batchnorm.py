@@ -1,0 +1,138 @@
+r"""Batch norm with one set of running statistics per domain (AdaBN, Li et al. 2016).
+
+In training, batch norm normalises each batch with its own statistics; DANN feeds source and
+target batches in separate passes, so the network learns with *domain-specific* statistics.
+A plain ``BatchNorm2d`` then averages both domains into one set of running statistics, and at
+evaluation time every domain is normalised with that mixture, which belongs to neither. On
+MNIST -> MNIST-M this cost DANN about 4 points of target accuracy.
+
+:class:`DomainBatchNorm2d` keeps the affine parameters :math:`\gamma, \beta` shared and holds
+one row of running statistics per domain (row 0 = source, row 1 = target):
+
+.. math::
+
+    \mathrm{BN}_d(x) = \gamma \, \frac{x - \mu_d}{\sqrt{\sigma_d^2 + \epsilon}} + \beta
+
+The row in use is the module's ``domain`` attribute (set it for a whole network with
+:func:`set_bn_domain` / :func:`bn_domain`). :func:`calibrate_bn` recomputes a row exactly from
+unlabelled images of that domain with the current weights (AdaBN); the trainer does this for
+source and target training images before every evaluation, so no label is involved. A row
+that was never filled falls back to row 0, so a model trained on one domain evaluates any
+domain with that domain's statistics.
+
+Running statistics are buffers: they travel with ``state_dict()``, checkpoints and DDP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DOMAINS = {"source": 0, "target": 1}
+
+
+def domain_index(domain: int | str) -> int:
+    if isinstance(domain, str):
+        if domain not in DOMAINS:
+            raise ValueError(f"unknown batch-norm domain {domain!r} ({', '.join(DOMAINS)})")
+        return DOMAINS[domain]
+    return int(domain)
+
+
+class DomainBatchNorm2d(nn.Module):
+    """``BatchNorm2d`` over (N, C, H, W) with shared affine and ``num_domains`` rows of running stats.
+
+    ``momentum=None`` gives a cumulative average (used by :func:`calibrate_bn`), as in PyTorch.
+    """
+
+    def __init__(self, num_features: int, num_domains: int = 2, eps: float = 1e-5, momentum: float | None = 0.1):
+        super().__init__()
+        self.num_features, self.num_domains = int(num_features), int(num_domains)
+        self.eps, self.momentum = float(eps), momentum
+        self.weight = nn.Parameter(torch.ones(num_features))
+        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_domains, num_features))
+        self.register_buffer("running_var", torch.ones(num_domains, num_features))
+        self.register_buffer("num_batches_tracked", torch.zeros(num_domains, dtype=torch.long))
+        self.domain = 0
+
+    def reset_domain(self, d: int) -> None:
+        self.running_mean[d].zero_()
+        self.running_var[d].fill_(1.0)
+        self.num_batches_tracked[d].zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.domain
+        if self.training:
+            self.num_batches_tracked[d] += 1
+            factor = self.momentum
+            if factor is None:
+                factor = 1.0 / float(self.num_batches_tracked[d])
+            return F.batch_norm(x, self.running_mean[d], self.running_var[d], self.weight, self.bias,
+                                True, factor, self.eps)
+        if d and not bool(self.num_batches_tracked[d]):
+            d = 0  # this domain's statistics were never computed: use the first domain's
+        return F.batch_norm(x, self.running_mean[d], self.running_var[d], self.weight, self.bias,
+                            False, 0.0, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, num_domains={self.num_domains}, eps={self.eps}, momentum={self.momentum}"
+
+
+def domain_bns(model: nn.Module) -> list[DomainBatchNorm2d]:
+    return [m for m in model.modules() if isinstance(m, DomainBatchNorm2d)]
+
+
+def set_bn_domain(model: nn.Module, domain: int | str) -> None:
+    d = domain_index(domain)
+    for m in domain_bns(model):
+        m.domain = d
+
+
+@contextlib.contextmanager
+def bn_domain(model: nn.Module, domain: int | str | None):
+    """Use ``domain``'s statistics inside the block (``None``: leave the model as it is)."""
+    mods = domain_bns(model) if domain is not None else []
+    old = [m.domain for m in mods]
+    d = domain_index(domain) if domain is not None else 0
+    for m in mods:
+        m.domain = d
+    try:
+        yield
+    finally:
+        for m, o in zip(mods, old):
+            m.domain = o
+
+
+@torch.no_grad()
+def calibrate_bn(model: nn.Module, x: torch.Tensor, domain: int | str, batch_size: int = 1000,
+                 autocast=contextlib.nullcontext) -> bool:
+    """Recompute ``domain``'s running statistics from images ``x`` (no labels) with the current weights.
+
+    Exact cumulative averages of the per-batch statistics, as AdaBN prescribes. Returns False
+    (and does nothing) for a model without :class:`DomainBatchNorm2d` or an empty ``x``.
+    """
+    mods = domain_bns(model)
+    if not mods or len(x) == 0:
+        return False
+    d = domain_index(domain)
+    was_training = model.training
+    saved = [(m.domain, m.momentum) for m in mods]
+    for m in mods:
+        m.reset_domain(d)
+        m.domain, m.momentum = d, None
+    model.train()
+    dev = next(model.parameters()).device
+    run = model.features if hasattr(model, "features") else model
+    try:
+        with autocast():
+            for i in range(0, len(x), batch_size):
+                run(x[i:i + batch_size].to(dev, non_blocking=True))
+    finally:
+        for m, (dom, mom) in zip(mods, saved):
+            m.domain, m.momentum = dom, mom
+        model.train(was_training)
+    return True
