@@ -33,10 +33,14 @@ class ImageDataset(Dataset):
 
 
 def train_naive(src_x, src_y, tgt_x, steps: int, batch_size: int = 64, device="cpu",
-                lr0: float = 0.01, seed: int = 0) -> float:
-    """Run ``steps`` DANN steps the naive way; returns seconds of training."""
+                lr0: float = 0.01, seed: int = 0, net: dict | None = None) -> float:
+    """Run ``steps`` DANN steps the naive way; returns seconds of training.
+
+    ``net``: ``DANNNet`` keyword arguments, so both sides of a benchmark train the same
+    network (default: Ganin's exact net). Batch norm here is plain ``nn.BatchNorm2d``.
+    """
     torch.manual_seed(seed)
-    model = DANNNet().to(device)
+    model = DANNNet(**{**(net or {}), "domain_bn": False}).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=lr0, momentum=0.9)
     ls = DataLoader(ImageDataset(src_x, src_y), batch_size=batch_size, shuffle=True, drop_last=True)
     lt = DataLoader(ImageDataset(tgt_x, np.zeros(len(tgt_x), np.int64)), batch_size=batch_size,

@@ -4,8 +4,9 @@
     python bench/throughput.py --steps 200 --full-run   # + a default `dalab train` run: wall time, peak RSS
     python bench/throughput.py --prepare       # + `dalab data prepare` from scratch
 
-Prints images/second (source + target images per second) for both and the ratio. The
-data and the number of steps are the same for both sides. Run it on an otherwise idle
+Prints images/second (source + target images per second) for both and the ratio, for
+each network (``--networks``): both sides train the same network. The data and the number
+of steps are the same for both sides. Run it on an otherwise idle
 machine: it measures wall time.
 """
 
@@ -32,17 +33,28 @@ from dalab.models.inference import predict_logits  # noqa: E402
 from dalab.training import TrainConfig, Trainer, load_model  # noqa: E402
 
 
-def bench_device(device: str, steps: int, batch: int, data_dir) -> dict:
+# The network both sides train: dalab's default (batch norm, instance input norm) or Ganin's
+# exact net. dalab's side also keeps its other defaults of that setting (weight EMA for the
+# default; none for Ganin's), so it never does less work than the naive loop.
+NETWORKS = {
+    "default": ({"batch_norm": True, "input_norm": "instance"}, {}),
+    "ganin": ({"batch_norm": False, "input_norm": "none"},
+              {"batch_norm": False, "input_norm": "none", "ema_decay": 0.0}),
+}
+
+
+def bench_device(device: str, steps: int, batch: int, data_dir, network: str = "default") -> dict:
     src, tgt = load_domain("mnist", data_dir), load_domain("mnistm", data_dir)
     n = steps * batch
     sx, sy, tx = src["train"].x[:n], src["train"].y[:n], tgt["train"].x[:n]
+    net, overrides = NETWORKS[network]
     # warm-up both paths briefly (allocator, kernels), then measure
-    train_naive(sx, sy, tx, steps=5, batch_size=batch, device=device)
-    t_naive = train_naive(sx, sy, tx, steps=steps, batch_size=batch, device=device)
-    res = {"device": device, "steps": steps, "batch_per_domain": batch,
+    train_naive(sx, sy, tx, steps=5, batch_size=batch, device=device, net=net)
+    t_naive = train_naive(sx, sy, tx, steps=steps, batch_size=batch, device=device, net=net)
+    res = {"device": device, "network": network, "steps": steps, "batch_per_domain": batch,
            "naive_img_s": 2 * batch * steps / t_naive, "naive_seconds": t_naive}
     cfg = TrainConfig(method="dann", epochs=1, batch_size=batch, limit_train=n, limit_eval=1000,
-                      device=device, data_dir=data_dir)
+                      device=device, data_dir=data_dir, **overrides)
     Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 5 * batch}), progress=False).fit()  # warm-up
     s = Trainer(cfg, progress=False).fit()
     res.update({"dalab_img_s": 2 * batch * steps / s["train_seconds"], "dalab_seconds": s["train_seconds"],
@@ -53,9 +65,9 @@ def bench_device(device: str, steps: int, batch: int, data_dir) -> dict:
         Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 10 * batch}), d + "/r", progress=False).fit()
         model, _ = load_model(d + "/r/model.pt", device)
         x, _ = tgt["test"].tensors(device)
-        predict_logits(model, x[:2048])
+        predict_logits(model, x[:2048], domain="target")
         t0 = time.perf_counter()
-        predict_logits(model, x)
+        predict_logits(model, x, domain="target")
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         res["inference_img_s"] = len(x) / (time.perf_counter() - t0)
@@ -78,6 +90,8 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--devices", default=None, help="comma list; default cpu (+cuda if available)")
+    ap.add_argument("--networks", default="default,ganin",
+                    help="comma list of networks both sides train: default (dalab's), ganin (Ganin's exact net)")
     ap.add_argument("--full-run", action="store_true", help="also time a default `dalab train --method dann`")
     ap.add_argument("--prepare", action="store_true", help="also time `dalab data prepare` from scratch")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
@@ -87,10 +101,11 @@ def main() -> int:
            "results": []}
     print(f"# {out['host']}")
     for dev in devices:
-        r = bench_device(dev, args.steps, args.batch_size, args.data_dir)
-        out["results"].append(r)
-        print(f"{dev:5s} naive {r['naive_img_s']:8.0f} img/s | dalab {r['dalab_img_s']:8.0f} img/s "
-              f"({r['dalab_precision']}) | speedup x{r['speedup']:.2f} | inference {r['inference_img_s']:.0f} img/s")
+        for network in args.networks.split(","):
+            r = bench_device(dev, args.steps, args.batch_size, args.data_dir, network)
+            out["results"].append(r)
+            print(f"{dev:5s} {network:8s} naive {r['naive_img_s']:8.0f} img/s | dalab {r['dalab_img_s']:8.0f} img/s "
+                  f"({r['dalab_precision']}) | speedup x{r['speedup']:.2f} | inference {r['inference_img_s']:.0f} img/s")
     dalab = [sys.executable, "-m", "dalab"]
     if args.prepare:
         with tempfile.TemporaryDirectory() as d:

@@ -167,3 +167,39 @@ def test_benchmark_jobs_runs_each_run_once_in_parallel(tiny_data, tmp_path):
     for m in ("source-only", "dann"):
         assert (tmp_path / "b" / m / "seed0" / "worker.log").is_file()  # trained by a pool worker
     assert not any("(reused)" in l for l in lines)
+
+
+def test_pair_suite_table_and_pair_selection(tiny_data, tmp_path, capsys):
+    out = tmp_path / "pairs"
+    args = ["benchmark", "--suite", "digits-pairs", "--pairs", "mnist:mnistm,mnistm:mnist",
+            "--methods", "source-only,dann", "--seeds", "1", "--epochs", "1", "--limit-train", "128",
+            "--limit-eval", "64", "--precision", "fp32", "--data-dir", str(tiny_data), "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "| source -> target | source-only | dann |" in text
+    assert "| mnist -> mnistm |" in text and "| mnistm -> mnist |" in text
+    s = json.loads((out / "mnistm-to-mnist" / "dann" / "seed0" / "summary.json").read_text())
+    assert (s["source"], s["target"]) == ("mnistm", "mnist")
+    rows = json.loads((out / "benchmark.json").read_text())["rows"]
+    assert {(r["source"], r["target"], r["method"]) for r in rows} == {
+        ("mnist", "mnistm", "source-only"), ("mnist", "mnistm", "dann"),
+        ("mnistm", "mnist", "source-only"), ("mnistm", "mnist", "dann")}
+    assert main(args[:3] + ["--pairs", "mnist:usps", "--out", str(out)]) == 2
+    assert "not in suite digits-pairs" in capsys.readouterr().err
+    assert main(args[:3] + ["--pairs", "mnist", "--out", str(out)]) == 2
+    assert "SOURCE:TARGET" in capsys.readouterr().err
+
+
+def test_benchmark_refuses_to_reuse_a_run_made_with_other_settings(tiny_data, tmp_path):
+    common = dict(seeds=1, epochs=1, limit_train=128, limit_eval=64, data_dir=str(tiny_data),
+                  precision="fp32", progress=False, log=lambda *_: None, methods=["source-only"])
+    run_benchmark("digits-mnistm", out=tmp_path, **common)
+    summ = tmp_path / "source-only" / "seed0" / "summary.json"
+    s = json.loads(summ.read_text())
+    del s["config"]["bn_stats"]  # as written by dalab 0.1, whose batch norm shared its statistics
+    summ.write_text(json.dumps(s))
+    (r,) = run_benchmark("digits-mnistm", out=tmp_path, **common)["rows"]
+    assert r["runs_ok"] == 0 and "other settings (bn_stats: 'shared' != 'domain')" in r["failures"][0]
+    for jobs in (1, 2):  # the parallel path does not reuse it either
+        (r,) = run_benchmark("digits-mnistm", out=tmp_path, jobs=jobs, **common)["rows"]
+        assert r["runs_ok"] == 0
