@@ -102,13 +102,17 @@ def _pair_out(out: Path, suite: dict, pair: tuple[str, str]) -> Path:
     return out / _slug(f"{pair[0]}-to-{pair[1]}") if "pairs" in suite else out
 
 
+def _run_dir(out: Path, key: str, seed: int) -> Path:
+    return out / _slug(key) / f"seed{seed}"
+
+
 def _run_config(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, common: dict) -> tuple[dict | None, str]:
     """TrainConfig keyword arguments of one run, or ``(None, reason)`` when its warm-start parent is missing."""
     cfg = dict(method=entry.method, source=pair[0], target=pair[1], seed=seed)
     cfg.update(entry.overrides)
     cfg.update({k: v for k, v in common.items() if v is not None})
     if entry.init_from_method:
-        parent = out / _slug(entry.init_from_method) / f"seed{seed}"
+        parent = _run_dir(out, entry.init_from_method, seed)
         if not (parent / "model.pt").is_file():
             return None, f"needs a finished {entry.init_from_method} run for seed {seed} ({parent}/model.pt)"
         cfg["init_from"] = str(parent / "model.pt")
@@ -134,7 +138,7 @@ def _stale_failure(entry: SuiteEntry, seed: int, run_dir: Path, diff: list[str])
 
 
 def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, common: dict, progress: bool) -> dict:
-    run_dir = out / _slug(entry.key) / f"seed{seed}"
+    run_dir = _run_dir(out, entry.key, seed)
     summ = run_dir / "summary.json"
     cfg, missing = _run_config(entry, pair, seed, out, common)
     if summ.is_file():
@@ -200,10 +204,15 @@ def format_table(rows: list[dict], suite_name: str) -> str:
                      f"{_pm(r['target_acc_mean'], r['target_acc_std'])} | {r['runs_ok']}/{r['runs']} | "
                      f"{r['selected_by']} | {t} |")
     fails = [f"- {r['method']}, {f}" for r in rows for f in r["failures"]]
+    return _with_footer(lines, rows, fails, "Mean ± sample std over seeds of the last-epoch model; no target "
+                                            "label used for training, tuning or model choice.")
+
+
+def _with_footer(lines: list[str], rows: list[dict], fails: list[str], note: str) -> str:
+    """The table ``lines``, then the failed runs, the protocol ``note`` and the hardware of the runs."""
     if fails:
-        lines += ["", "Failed or diverged runs:", *fails]
-    lines += ["", "Mean ± sample std over seeds of the last-epoch model; no target label used for "
-              "training, tuning or model choice."]
+        lines = lines + ["", "Failed or diverged runs:", *fails]
+    lines = lines + ["", note]
     devices = sorted({r["device"] for r in rows if r.get("device")})
     if devices:
         lines += ["", "Hardware: " + "; ".join(devices) + "."]
@@ -227,13 +236,8 @@ def format_pair_table(rows: list[dict], suite_name: str, methods: list[str]) -> 
                 cells.append(f"{_pm(r['target_acc_mean'], r['target_acc_std'])}{src}")
         lines.append(f"| {pair[0]} -> {pair[1]} | " + " | ".join(cells) + " |")
     fails = [f"- {r['source']} -> {r['target']}, {r['method']}, {f}" for r in rows for f in r["failures"]]
-    if fails:
-        lines += ["", "Failed or diverged runs:", *fails]
-    lines += ["", "Last-epoch models; no target label used for training, tuning or model choice."]
-    devices = sorted({r["device"] for r in rows if r.get("device")})
-    if devices:
-        lines += ["", "Hardware: " + "; ".join(devices) + "."]
-    return "\n".join(lines) + "\n"
+    return _with_footer(lines, rows, fails, "Last-epoch models; no target label used for training, tuning or "
+                                            "model choice.")
 
 
 def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = None, epochs: int | None = None,
@@ -273,14 +277,12 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
                         continue
                     for seed in range(seeds):
                         cfg, _ = _run_config(e, pair, seed, pout, common)
-                        if cfg is None:
-                            continue  # run_one below records the missing parent
-                        summ = pout / _slug(e.key) / f"seed{seed}" / "summary.json"
-                        if summ.is_file() and stale_settings(json.loads(summ.read_text()), cfg):
-                            continue  # run_one below records it
+                        run_dir = _run_dir(pout, e.key, seed)
+                        if cfg is None or (run_dir / "summary.json").is_file():
+                            continue  # run_one below records the missing parent, or reuses / refuses the run
                         label = f"{pair[0]}->{pair[1]} {e.key} seed {seed}"
                         labels[label] = (pair, e.key, seed)
-                        todo.append(Job(label, TrainConfig(**cfg), pout / _slug(e.key) / f"seed{seed}"))
+                        todo.append(Job(label, TrainConfig(**cfg), run_dir))
             for label, res in run_parallel(todo, jobs, log=log).items():
                 done[labels[label]] = res
     results: dict[tuple, list[dict]] = {}

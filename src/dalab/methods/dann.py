@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.batchnorm import DomainBatchNorm2d, bn_domain
+from ..models.batchnorm import bn_domain, has_batch_norm
 from ..models.grl import LambdaSchedule
 from .base import Batch, Method, accuracy
 
@@ -41,10 +41,6 @@ def domain_adversarial_loss(d_logits: torch.Tensor, n_source: int) -> tuple[torc
     loss = F.binary_cross_entropy_with_logits(d_logits, labels)
     acc = ((d_logits.detach() > 0).float() == labels).float().mean()
     return loss, acc
-
-
-def has_batch_norm(model) -> bool:
-    return any(isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, DomainBatchNorm2d)) for m in model.modules())
 
 
 def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,11 @@ class DomainBatchNorm2d(nn.Module):
         return f"{self.num_features}, num_domains={self.num_domains}, eps={self.eps}, momentum={self.momentum}"
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether ``model`` has any batch norm, plain or per domain."""
+    return any(isinstance(m, (nn.modules.batchnorm._BatchNorm, DomainBatchNorm2d)) for m in model.modules())
+
+
 def domain_bns(model: nn.Module) -> list[DomainBatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, DomainBatchNorm2d)]
 

@@ -30,8 +30,7 @@ from ..data.folder import check_pair
 from ..data.io import atomic_write_json, atomic_write_text
 from ..errors import DalabError, TrainingFailure
 from ..methods import Batch, Method, check_method_args, make_method
-from ..methods.dann import has_batch_norm
-from ..models.batchnorm import calibrate_bn, domain_bns
+from ..models.batchnorm import calibrate_bn, domain_bns, has_batch_norm
 from ..models.inference import accuracy_of, autocast_ctx
 from ..models.nets import DANNNet
 from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
