@@ -27,8 +27,8 @@ class TrainConfig:
     lambda_schedule: str = "ganin"  # ganin ramp with gamma, or constant
     gamma: float = 10.0
     # dalab's defaults add batch norm (per-domain batch statistics in DANN) and per-image input
-    # standardisation to Ganin's network: DANN's MNIST-M accuracy rises from ~0.75 to ~0.86 at the
-    # same cost (see README). Ganin's exact setting: batch_norm=False, input_norm="none", ema_decay=0.
+    # standardisation to Ganin's network: DANN's MNIST-M accuracy rises from 78.9 % (Ganin's net,
+    # seed 0) to 86.2 % (3 seeds) at about the same cost (see README). Ganin's exact setting: batch_norm=False, input_norm="none", ema_decay=0.
     batch_norm: bool = True
     input_norm: str = "instance"    # none: (x - 0.5) / 0.5 ; instance: per-image, per-channel standardisation
     # with batch norm: "domain" keeps one set of running statistics per domain and evaluates each
