@@ -3,6 +3,7 @@
     python bench/throughput.py                 # CPU (and CUDA when present), 400 steps each
     python bench/throughput.py --steps 200 --full-run   # + a default `dalab train` run: wall time, peak RSS
     python bench/throughput.py --prepare       # + `dalab data prepare` from scratch
+    python bench/throughput.py --devices cuda --variants   # + dalab in fp32/bf16 x NCHW/channels_last
 
 Prints images/second (source + target images per second) for both and the ratio, for
 each network (``--networks``): both sides train the same network. The data and the number
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -43,7 +45,13 @@ NETWORKS = {
 }
 
 
-def bench_device(device: str, steps: int, batch: int, data_dir, network: str = "default") -> dict:
+def img_s(summary: dict) -> float:
+    """Source + target images per second of training in a run summary."""
+    return summary["steps_per_epoch"] * summary["epochs"] * summary["images_per_step"] / summary["train_seconds"]
+
+
+def bench_device(device: str, steps: int, batch: int, data_dir, network: str = "default",
+                 variants: bool = False) -> dict:
     src, tgt = load_domain("mnist", data_dir), load_domain("mnistm", data_dir)
     n = steps * batch
     sx, sy, tx = src["train"].x[:n], src["train"].y[:n], tgt["train"].x[:n]
@@ -53,16 +61,29 @@ def bench_device(device: str, steps: int, batch: int, data_dir, network: str = "
     t_naive = train_naive(sx, sy, tx, steps=steps, batch_size=batch, device=device, net=net)
     res = {"device": device, "network": network, "steps": steps, "batch_per_domain": batch,
            "naive_img_s": 2 * batch * steps / t_naive, "naive_seconds": t_naive}
-    cfg = TrainConfig(method="dann", epochs=1, batch_size=batch, limit_train=n, limit_eval=1000,
+    # the same number of steps on dalab's side: whole epochs over the (at most 50k) images sliced above
+    epochs = math.ceil(steps / (len(sx) // batch))
+    cfg = TrainConfig(method="dann", epochs=epochs, batch_size=batch, limit_train=n, limit_eval=1000,
                       device=device, data_dir=data_dir, **overrides)
-    Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 5 * batch}), progress=False).fit()  # warm-up
+    Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 5 * batch, "epochs": 1}), progress=False).fit()  # warm-up
     s = Trainer(cfg, progress=False).fit()
-    res.update({"dalab_img_s": 2 * batch * steps / s["train_seconds"], "dalab_seconds": s["train_seconds"],
+    res.update({"dalab_img_s": img_s(s), "dalab_seconds": s["train_seconds"],
                 "dalab_precision": s["precision"]})
     res["speedup"] = res["dalab_img_s"] / res["naive_img_s"]
+    if variants:  # dalab's side alone with each precision / memory-format combination, same steps
+        res["variants"] = []
+        for precision in ("fp32", "bf16"):
+            for channels_last in (False, True):
+                vcfg = {**cfg.to_dict(), "precision": precision, "channels_last": channels_last}
+                # warm-up in this setting first: cuDNN picks its kernels per shape and memory format
+                Trainer(TrainConfig(**{**vcfg, "limit_train": 5 * batch, "epochs": 1}), progress=False).fit()
+                v = Trainer(TrainConfig(**vcfg), progress=False).fit()
+                res["variants"].append({"precision": precision, "channels_last": channels_last,
+                                        "img_s": img_s(v)})
     # inference throughput (what `dalab evaluate` does)
     with tempfile.TemporaryDirectory() as d:
-        Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 10 * batch}), d + "/r", progress=False).fit()
+        Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 10 * batch, "epochs": 1}), d + "/r",
+                progress=False).fit()
         model, _ = load_model(d + "/r/model.pt", device)
         x, _ = tgt["test"].tensors(device)
         predict_logits(model, x[:2048], domain="target")
@@ -92,6 +113,8 @@ def main() -> int:
     ap.add_argument("--devices", default=None, help="comma list; default cpu (+cuda if available)")
     ap.add_argument("--networks", default="default,ganin",
                     help="comma list of networks both sides train: default (dalab's), ganin (Ganin's exact net)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time dalab's side in fp32/bf16 x NCHW/channels_last (same steps)")
     ap.add_argument("--full-run", action="store_true", help="also time a default `dalab train --method dann`")
     ap.add_argument("--prepare", action="store_true", help="also time `dalab data prepare` from scratch")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
@@ -102,10 +125,14 @@ def main() -> int:
     print(f"# {out['host']}")
     for dev in devices:
         for network in args.networks.split(","):
-            r = bench_device(dev, args.steps, args.batch_size, args.data_dir, network)
+            r = bench_device(dev, args.steps, args.batch_size, args.data_dir, network, args.variants)
             out["results"].append(r)
             print(f"{dev:5s} {network:8s} naive {r['naive_img_s']:8.0f} img/s | dalab {r['dalab_img_s']:8.0f} img/s "
-                  f"({r['dalab_precision']}) | speedup x{r['speedup']:.2f} | inference {r['inference_img_s']:.0f} img/s")
+                  f"({r['dalab_precision']}) | speedup x{r['speedup']:.2f} | inference {r['inference_img_s']:.0f} img/s"
+                  f" | batch {args.batch_size}+{args.batch_size}")
+            for v in r.get("variants", []):
+                print(f"      {network:8s} dalab {v['precision']:4s} {'channels_last' if v['channels_last'] else 'NCHW':13s} "
+                      f"{v['img_s']:8.0f} img/s")
     dalab = [sys.executable, "-m", "dalab"]
     if args.prepare:
         with tempfile.TemporaryDirectory() as d:

@@ -35,3 +35,42 @@ def test_throughput_bench_runs_both_sides_on_the_same_network(tiny_data, through
     assert built and all(kw["batch_norm"] is want_bn for kw in built)
     m = real(**built[-1])
     assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules()) is want_bn
+
+
+def test_throughput_variants_run_the_same_number_of_steps(tiny_data, throughput, monkeypatch):
+    """--variants times dalab in fp32/bf16 x NCHW/channels_last, each over the same steps as the
+    main measurement (each after its own warm-up)."""
+    from dalab.training import trainer as trainer_mod
+
+    seen = []
+    real_fit = trainer_mod.Trainer.fit
+
+    def spy(self):
+        s = real_fit(self)
+        seen.append((self.cfg.limit_train, s["steps_per_epoch"] * s["epochs"]))
+        return s
+
+    monkeypatch.setattr(trainer_mod.Trainer, "fit", spy)
+    r = throughput.bench_device("cpu", steps=3, batch=16, data_dir=str(tiny_data), variants=True)
+    combos = {(v["precision"], v["channels_last"]) for v in r["variants"]}
+    assert combos == {("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)}
+    assert all(v["img_s"] > 0 for v in r["variants"])
+    timed = [steps for limit, steps in seen if limit == 3 * 16]  # not the warm-ups / the inference model
+    assert len(timed) == 5 and all(s == 3 for s in timed)
+
+
+def test_fast_suite_scales_lr_and_ema_with_the_batch():
+    from dalab.evaluation.benchmark import SUITES, fast_batch
+    from dalab.training import TrainConfig
+
+    o = fast_batch(512, 40)
+    assert o["lr"] == pytest.approx(0.08) and o["ema_decay"] == pytest.approx(0.999 ** 8, abs=1e-6)
+    assert o["eval_every"] == 4 and fast_batch(64, 10)["lr"] == pytest.approx(0.01)
+    for e in SUITES["digits-mnistm-fast"]["entries"]:
+        TrainConfig(method=e.method, **e.overrides).validate()
+
+
+def test_gpu_script_parses():
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")]).returncode == 0

