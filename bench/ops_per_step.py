@@ -1,0 +1,52 @@
+"""How many ATen operator calls one training step makes, per method (CPU, torch profiler).
+
+    python bench/ops_per_step.py                      # dann, bf16 autocast
+    python bench/ops_per_step.py --methods dann,cdan,source-only --precision fp32
+
+A small network at a small batch is bound by the host: each operator call costs a roughly
+fixed time to dispatch (and, on a GPU, to launch), whatever the batch. The count is the
+difference between two runs of different length divided by the extra steps, so set-up,
+evaluation and checkpointing cancel out. Tiny batches (8 + 8) keep the profile quick; the
+operator count does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from dalab.training import TrainConfig, Trainer
+
+
+def op_counts(method: str, steps: int, precision: str, data_dir) -> Counter:
+    cfg = TrainConfig(method=method, epochs=1, batch_size=8, limit_train=8 * steps, limit_eval=64,
+                      bn_calibration=64, precision=precision, data_dir=data_dir)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        Trainer(cfg, progress=False).fit()
+    return Counter({e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", default="dann")
+    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    ap.add_argument("--top", type=int, default=8, help="most frequent operators to list")
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    for method in args.methods.split(","):
+        short, long = op_counts(method, 10, args.precision, args.data_dir), op_counts(method, 30, args.precision,
+                                                                                      args.data_dir)
+        per = {k: (long[k] - short[k]) / 20 for k in long if long[k] != short[k]}
+        top = ", ".join(f"{k.removeprefix('aten::')} {v:.0f}" for k, v in
+                        sorted(per.items(), key=lambda kv: -kv[1])[:args.top])
+        print(f"{method:12s} {args.precision}: {sum(per.values()):6.0f} ATen calls per step ({top})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
