@@ -194,6 +194,24 @@ def test_killed_study_restarts_where_it_stopped(smoke_study):
     assert sum("cached" in line for line in logs) == len(folders) - 1
 
 
+def test_analysis_in_threads_is_complete_and_deterministic(smoke_study):
+    """The analyses run their scikit-learn fits in a thread pool: a rebuilt analysis holds every
+    PAD and t-SNE, in seed order, with the same values as the first one."""
+    import shutil
+
+    study, results, _, _ = smoke_study
+    first = results["analysis"]
+    shutil.rmtree(study.analysis_dir)
+    study.analysis_dir.mkdir(parents=True)
+    again = study.analyse()
+    assert set(again["pad"]) == {"pixels", "source-only", "dann_ganin-g10_lam1", "no-grl_ganin-g10_lam1"}
+    assert again["pad"] == first["pad"] and all(len(v) == 2 for v in again["pad"].values())
+    assert set(again["tsne"]) == set(first["tsne"]) and len(again["tsne"]) == 3
+    for rel in again["tsne"].values():
+        with np.load(study.out / rel) as z:
+            assert z["emb"].shape == (len(z["domain"]), 2) and np.isfinite(z["emb"]).all()
+
+
 def test_cli_study_errors_are_one_line(tmp_path):
     from dalab.cli.main import main
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -332,38 +334,49 @@ class Study:
         out: dict = {"pad": {}, "tsne": {}, "pl_curve": {}, "pl_final": {}}
         q1 = ["source-only", dann_key(1, "ganin", 10), dann_key(1, "ganin", 10, "no-grl")]
 
-        # proxy A-distance: raw pixels, then learned features of each Q1 model and seed
+        # proxy A-distance (raw pixels, then learned features of each Q1 model and seed) and t-SNE
+        # (seed 0 models): features are computed here one model at a time; the scikit-learn fits,
+        # which take most of the analysis time and are independent, then run in a thread pool
+        todo: list[tuple] = []  # (file, function, args, extra arrays saved with a t-SNE)
         for seed in range(self.seeds):
             f = ad / f"pad_pixels-s{seed}.json"
             if not f.is_file():
-                atomic_write_json(f, proxy_a_distance(xs.float().flatten(1).numpy() / 255.0,
-                                                      xt.float().flatten(1).numpy() / 255.0, seed=seed))
-            out["pad"].setdefault("pixels", []).append(_read_json(f))
+                todo.append((f, proxy_a_distance, (xs.float().flatten(1).numpy() / 255.0,
+                                                   xt.float().flatten(1).numpy() / 255.0, seed), None))
+        n = pre.tsne_per_domain
         for key in q1:
             for seed in range(self.seeds):
                 f = ad / f"pad_{key}-s{seed}.json"
-                if not f.is_file():
-                    m = self._model(key, seed)
-                    if m is None:
-                        continue
-                    fs = extract_features(m, xs.to(dev), domain="source").cpu().numpy()
-                    ft = extract_features(m, xt.to(dev), domain="target").cpu().numpy()
-                    atomic_write_json(f, proxy_a_distance(fs, ft, seed=seed))
-                out["pad"].setdefault(key, []).append(_read_json(f))
-
-        # t-SNE of source vs target test features (seed 0 models)
-        n = pre.tsne_per_domain
-        for key in q1:
-            f = ad / f"tsne_{key}-s0.npz"
-            if not f.is_file():
-                m = self._model(key, 0)
+                t = ad / f"tsne_{key}-s0.npz"
+                if f.is_file() and (seed or t.is_file()):
+                    continue
+                m = self._model(key, seed)
                 if m is None:
                     continue
-                feats = np.concatenate([extract_features(m, xs[:n].to(dev), domain="source").cpu().numpy(),
-                                        extract_features(m, xt[:n].to(dev), domain="target").cpu().numpy()])
-                dom = np.r_[np.zeros(min(n, len(xs))), np.ones(min(n, len(xt)))].astype(np.int8)
-                atomic_save_npz(f, emb=tsne_2d(feats, seed=0), domain=dom)
-            out["tsne"][key] = str(f.relative_to(self.out))
+                fs = extract_features(m, xs.to(dev), domain="source").cpu().numpy()
+                ft = extract_features(m, xt.to(dev), domain="target").cpu().numpy()
+                if not f.is_file():
+                    todo.append((f, proxy_a_distance, (fs, ft, seed), None))
+                if seed == 0 and not t.is_file():
+                    dom = np.r_[np.zeros(min(n, len(fs))), np.ones(min(n, len(ft)))].astype(np.int8)
+                    todo.append((t, tsne_2d, (np.concatenate([fs[:n], ft[:n]]), 0), dom))
+        if todo:
+            with ThreadPoolExecutor(max_workers=min(len(todo), os.cpu_count() or 1)) as pool:
+                futures = [(f, extra, pool.submit(fn, *args)) for f, fn, args, extra in todo]
+                for f, extra, fut in futures:
+                    if extra is None:
+                        atomic_write_json(f, fut.result())
+                    else:
+                        atomic_save_npz(f, emb=fut.result(), domain=extra)
+        for key in ["pixels"] + q1:
+            for seed in range(self.seeds):
+                f = ad / f"pad_{key}-s{seed}.json"
+                if f.is_file():
+                    out["pad"].setdefault(key, []).append(_read_json(f))
+        for key in q1:
+            f = ad / f"tsne_{key}-s0.npz"
+            if f.is_file():
+                out["tsne"][key] = str(f.relative_to(self.out))
 
         # pseudo-label quality of each teacher against the threshold (target labels: measurement only)
         xtr, ytr = tgt["train"].tensors("cpu", pre.limit_train)
