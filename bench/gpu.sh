@@ -66,4 +66,6 @@ stage fast 150 $DALAB benchmark --suite digits-mnistm-fast --seeds 2 --device cu
 stage fast-select 60 $DALAB select fast --validator all
 # 4. the default run (64 + 64 per step, 10 epochs) on the GPU
 stage default-run 90 $DALAB train --method dann --device cuda --out default-dann --quiet --overwrite
+# 5. issue 4's next step: every recipe on the larger conv9 network, 3 seeds, runs in parallel on the one GPU
+stage conv9 400 $DALAB benchmark --suite digits-mnistm-conv9 --seeds 3 --device cuda --jobs "$(nproc)" --out conv9 --quiet
 echo "== stages"; cat stages.txt

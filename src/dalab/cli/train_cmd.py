@@ -49,6 +49,9 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="ganin: lambda_max * (2 / (1 + exp(-gamma p)) - 1)")
     p.add_argument("--gamma", type=nonneg_float, default=d.gamma, help="steepness of the ganin lambda ramp")
     p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
+    p.add_argument("--arch", choices=["ganin", "conv9"], default=d.arch,
+                   help="network: ganin (Ganin's MNIST net) or conv9 (Shu et al. 2018's 9-conv digit net, "
+                        "~22x the compute; for a GPU)")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
                    help="batch norm in the feature extractor (--no-batch-norm for Ganin's exact network)")
     p.add_argument("--input-norm", choices=["none", "instance"], default=d.input_norm,
@@ -78,7 +81,7 @@ def config_from_args(args) -> TrainConfig:
         method=args.method, source=args.source, target=args.target, epochs=args.epochs, seed=args.seed,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
-        weight_decay=args.weight_decay, batch_norm=args.batch_norm, input_norm=args.input_norm,
+        weight_decay=args.weight_decay, arch=args.arch, batch_norm=args.batch_norm, input_norm=args.input_norm,
         bn_stats=args.bn_stats, bn_calibration=args.bn_calibration, precision=args.precision,
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
         limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,

@@ -95,6 +95,19 @@ SUITES: dict[str, dict] = {
             SuiteEntry("cdan", fast_batch(256, 20), name="cdan b256 e20"),
         ],
     },
+    # issue 4's next step, for a GPU: the same recipes on Shu et al.'s larger digit network (--arch conv9);
+    # the oracle row says how far any method could go with it
+    "digits-mnistm-conv9": {
+        "source": "mnist", "target": "mnistm",
+        "description": "MNIST -> MNIST-M (rebuilt), Shu et al. 2018's 9-conv digit network (--arch conv9)",
+        "entries": [
+            SuiteEntry("source-only", {"arch": "conv9"}),
+            SuiteEntry("dann", {"arch": "conv9"}),
+            SuiteEntry("cdan", {"arch": "conv9"}),
+            SuiteEntry("fixmatch", {"arch": "conv9", **ADAM_IN}),
+            SuiteEntry("target-only", {"arch": "conv9"}, name="target-only (oracle)"),
+        ],
+    },
     # issue 5's domain-pair table: source-only, DANN and CDAN on six digit pairs
     "digits-pairs": {
         "pairs": [("mnist", "mnistm"), ("mnistm", "mnist"), ("mnist", "syndigits"), ("syndigits", "mnistm"),

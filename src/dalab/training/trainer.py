@@ -133,7 +133,7 @@ class Trainer:
         if self.resume and (self.out / "ckpt.pt").exists():
             ck = load_checked(self.out / "ckpt.pt", CKPT_FORMAT)
             mine = self.cfg.to_dict()
-            theirs = {k: v for k, v in ck["config"].items() if k in mine}
+            theirs = {"arch": "ganin", **{k: v for k, v in ck["config"].items() if k in mine}}  # arch: 0.3
             diff = [k for k in mine if k not in ("device", "data_dir", "epochs") and theirs.get(k) != mine[k]]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
@@ -183,7 +183,7 @@ class Trainer:
         if self.user_model is not None:
             model = self.user_model.to(self.device)
         else:
-            model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm,
+            model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm, arch=cfg.arch,
                             input_norm=cfg.input_norm, domain_bn=cfg.bn_stats == "domain").to(self.device)
         if cfg.init_from:
             from .checkpoint import load_model
@@ -207,7 +207,8 @@ class Trainer:
         return model, opt
 
     def model_config(self) -> dict:
-        return {"arch": "ganin-mnist" if self.user_model is None else "custom",
+        arch = {"ganin": "ganin-mnist", "conv9": "conv9"}[self.cfg.arch]
+        return {"arch": arch if self.user_model is None else "custom",
                 "num_classes": getattr(self, "num_classes", 10), "batch_norm": self.cfg.batch_norm,
                 "domain_bn": self.user_model is None and self.cfg.batch_norm and self.cfg.bn_stats == "domain",
                 "input_norm": self.cfg.input_norm,
