@@ -2,6 +2,7 @@
 
     python bench/ops_per_step.py                      # dann, bf16 autocast
     python bench/ops_per_step.py --methods dann,cdan,source-only --precision fp32
+    python bench/ops_per_step.py --time-share        # + where the CPU time of 60 steps of 64 + 64 goes
 
 A small network at a small batch is bound by the host: each operator call costs a roughly
 fixed time to dispatch (and, on a GPU, to launch), whatever the batch. The count is the
@@ -36,6 +37,8 @@ def main() -> int:
     ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     ap.add_argument("--top", type=int, default=8, help="most frequent operators to list")
     ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--time-share", action="store_true",
+                    help="also profile 60 steps at 64 + 64 (one thread) and print each operator's share of CPU time")
     args = ap.parse_args()
     torch.set_num_threads(1)
     for method in args.methods.split(","):
@@ -45,6 +48,15 @@ def main() -> int:
         top = ", ".join(f"{k.removeprefix('aten::')} {v:.0f}" for k, v in
                         sorted(per.items(), key=lambda kv: -kv[1])[:args.top])
         print(f"{method:12s} {args.precision}: {sum(per.values()):6.0f} ATen calls per step ({top})")
+        if args.time_share:
+            cfg = TrainConfig(method=method, epochs=1, batch_size=64, limit_train=64 * 60, limit_eval=64,
+                              bn_calibration=64, precision=args.precision, data_dir=args.data_dir)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                Trainer(cfg, progress=False).fit()
+            ev = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+            total = sum(e.self_cpu_time_total for e in ev)
+            for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:args.top]:
+                print(f"    {100 * e.self_cpu_time_total / total:5.1f} %  {e.key}")
     return 0
 
 

@@ -74,3 +74,12 @@ def test_gpu_script_parses():
     import subprocess
 
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu.sh")]).returncode == 0
+
+
+def test_ops_per_step_counts_grow_with_steps(tiny_data, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import ops_per_step
+
+    short, long = (ops_per_step.op_counts("dann", n, "fp32", str(tiny_data)) for n in (2, 4))
+    extra = sum(long.values()) - sum(short.values())
+    assert extra > 0 and long["aten::convolution"] > short["aten::convolution"]
