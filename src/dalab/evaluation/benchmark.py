@@ -42,6 +42,7 @@ class SuiteEntry:
 ADAM_IN = {"optimizer": "adam", "input_norm": "instance"}
 GANIN_NET = {"batch_norm": False, "input_norm": "none", "ema_decay": 0.0}  # Ganin's exact setting
 
+
 def fast_batch(batch: int, epochs: int) -> dict:
     """Overrides for ``batch`` images per domain per step: lr and EMA decay scaled from the defaults at 64."""
     return {"batch_size": batch, "epochs": epochs, "lr": round(0.01 * batch / 64, 6),

@@ -133,7 +133,8 @@ class Trainer:
         if self.resume and (self.out / "ckpt.pt").exists():
             ck = load_checked(self.out / "ckpt.pt", CKPT_FORMAT)
             mine = self.cfg.to_dict()
-            theirs = {"arch": "ganin", **{k: v for k, v in ck["config"].items() if k in mine}}  # arch: 0.3
+            # a checkpoint from before dalab 0.3 has no arch: it was Ganin's network
+            theirs = {"arch": "ganin", **{k: v for k, v in ck["config"].items() if k in mine}}
             diff = [k for k in mine if k not in ("device", "data_dir", "epochs") and theirs.get(k) != mine[k]]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
