@@ -92,3 +92,13 @@ def test_cli_arch_flag(tiny_data, tmp_path):
                                 "--batch-size", "32", "--out", str(tmp_path / "r")], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert '"arch": "conv9"' in (tmp_path / "r" / "summary.json").read_text()
+
+
+def test_conv9_suite_configs_are_valid():
+    from dalab.evaluation.benchmark import SUITES
+
+    entries = SUITES["digits-mnistm-conv9"]["entries"]
+    assert {e.method for e in entries} == {"source-only", "dann", "cdan", "fixmatch", "target-only"}
+    for e in entries:
+        cfg = TrainConfig(method=e.method, **e.overrides).validate()
+        assert cfg.arch == "conv9" and cfg.optimizer == "adam"

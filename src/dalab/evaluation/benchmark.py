@@ -96,17 +96,18 @@ SUITES: dict[str, dict] = {
             SuiteEntry("cdan", fast_batch(256, 20), name="cdan b256 e20"),
         ],
     },
-    # issue 4's next step, for a GPU: the same recipes on Shu et al.'s larger digit network (--arch conv9);
-    # the oracle row says how far any method could go with it
+    # issue 4's next step, for a GPU: Shu et al.'s larger digit network (--arch conv9) with their optimiser,
+    # Adam 1e-3 (after 156 steps of source-only, source *validation* accuracy 91.0 % with Adam against
+    # 33.8 % with SGD 0.01: no target label involved); the oracle row says how far any method could go
     "digits-mnistm-conv9": {
         "source": "mnist", "target": "mnistm",
-        "description": "MNIST -> MNIST-M (rebuilt), Shu et al. 2018's 9-conv digit network (--arch conv9)",
+        "description": "MNIST -> MNIST-M (rebuilt), Shu et al. 2018's 9-conv digit network (--arch conv9), Adam",
         "entries": [
-            SuiteEntry("source-only", {"arch": "conv9"}),
-            SuiteEntry("dann", {"arch": "conv9"}),
-            SuiteEntry("cdan", {"arch": "conv9"}),
+            SuiteEntry("source-only", {"arch": "conv9", **ADAM_IN}),
+            SuiteEntry("dann", {"arch": "conv9", **ADAM_IN}),
+            SuiteEntry("cdan", {"arch": "conv9", **ADAM_IN}),
             SuiteEntry("fixmatch", {"arch": "conv9", **ADAM_IN}),
-            SuiteEntry("target-only", {"arch": "conv9"}, name="target-only (oracle)"),
+            SuiteEntry("target-only", {"arch": "conv9", **ADAM_IN}, name="target-only (oracle)"),
         ],
     },
     # issue 5's domain-pair table: source-only, DANN and CDAN on six digit pairs
