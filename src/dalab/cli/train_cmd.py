@@ -10,6 +10,7 @@ from ..data import load_domain
 from ..errors import DalabError, TrainingFailure
 from ..methods import METHODS
 from ..models.inference import accuracy_of
+from ..models.nets import ARCHS
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from .common import (HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
                      positive_float, positive_int, print_json)
@@ -49,7 +50,7 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="ganin: lambda_max * (2 / (1 + exp(-gamma p)) - 1)")
     p.add_argument("--gamma", type=nonneg_float, default=d.gamma, help="steepness of the ganin lambda ramp")
     p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
-    p.add_argument("--arch", choices=["ganin", "conv9"], default=d.arch,
+    p.add_argument("--arch", choices=ARCHS, default=d.arch,
                    help="network: ganin (Ganin's MNIST net) or conv9 (Shu et al. 2018's 9-conv digit net, "
                         "~22x the compute; for a GPU)")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,

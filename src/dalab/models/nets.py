@@ -43,6 +43,21 @@ def instance_normalize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return (x - mean) / torch.sqrt(var + eps)
 
 
+def _checked_input_norm(input_norm: str) -> str:
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"unknown input_norm {input_norm!r} ({', '.join(INPUT_NORMS)})")
+    return input_norm
+
+
+def _batch_norm_layer(batch_norm: bool, domain_bn: bool):
+    """The layer that follows each conv: ``channels -> module``."""
+    if not batch_norm:
+        return lambda c: nn.Identity()
+    if domain_bn:  # running statistics per domain (see models/batchnorm.py)
+        return DomainBatchNorm2d
+    return nn.BatchNorm2d  # checkpoints written before dalab 0.2 hold one shared set of statistics
+
+
 class FeatureExtractor(nn.Module):
     r"""Ganin's green part :math:`F`: (N, 3, 28, 28) images -> (N, 768) features ``out_features``.
 
@@ -55,15 +70,8 @@ class FeatureExtractor(nn.Module):
     def __init__(self, in_channels: int = 3, batch_norm: bool = False, input_norm: str = "none",
                  domain_bn: bool = True):
         super().__init__()
-        if input_norm not in INPUT_NORMS:
-            raise ValueError(f"unknown input_norm {input_norm!r} ({', '.join(INPUT_NORMS)})")
-        self.input_norm = input_norm
-        if not batch_norm:
-            bn = lambda c: nn.Identity()  # noqa: E731
-        elif domain_bn:  # running statistics per domain (see models/batchnorm.py)
-            bn = DomainBatchNorm2d
-        else:  # checkpoints written before dalab 0.2 hold one shared set of statistics
-            bn = nn.BatchNorm2d
+        self.input_norm = _checked_input_norm(input_norm)
+        bn = _batch_norm_layer(batch_norm, domain_bn)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, 32, 5), bn(32), nn.ReLU(inplace=True), nn.MaxPool2d(2),
             nn.Conv2d(32, 48, 5), bn(48), nn.ReLU(inplace=True), nn.MaxPool2d(2),
@@ -108,13 +116,8 @@ class Conv9FeatureExtractor(nn.Module):
     def __init__(self, in_channels: int = 3, batch_norm: bool = True, input_norm: str = "instance",
                  domain_bn: bool = True, width: int = 64, dropout: float = 0.5, noise: float = 1.0):
         super().__init__()
-        if input_norm not in INPUT_NORMS:
-            raise ValueError(f"unknown input_norm {input_norm!r} ({', '.join(INPUT_NORMS)})")
-        self.input_norm = input_norm
-        if not batch_norm:
-            bn = lambda c: nn.Identity()  # noqa: E731
-        else:
-            bn = DomainBatchNorm2d if domain_bn else nn.BatchNorm2d
+        self.input_norm = _checked_input_norm(input_norm)
+        bn = _batch_norm_layer(batch_norm, domain_bn)
 
         def block(cin: int) -> list[nn.Module]:
             layers: list[nn.Module] = []
@@ -207,8 +210,9 @@ class DANNNet(nn.Module):
         return self.classify(self.features(x))
 
 
-# checkpoint "arch" names: dalab <= 0.2 wrote "ganin-mnist" (or nothing) for Ganin's network
-ARCH_OF_CHECKPOINT = {"ganin-mnist": "ganin", "conv9": "conv9"}
+# the "arch" name each network has in checkpoints; dalab <= 0.2 wrote "ganin-mnist" (or nothing)
+CHECKPOINT_ARCH = {"ganin": "ganin-mnist", "conv9": "conv9"}
+ARCH_OF_CHECKPOINT = {v: k for k, v in CHECKPOINT_ARCH.items()}
 
 
 def build_model(config: dict) -> DANNNet:

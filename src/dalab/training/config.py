@@ -6,6 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import DalabError
+from ..models.nets import ARCHS
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 
@@ -28,7 +29,8 @@ class TrainConfig:
     gamma: float = 10.0
     # dalab's defaults add batch norm (per-domain batch statistics in DANN) and per-image input
     # standardisation to Ganin's network: DANN's MNIST-M accuracy rises from 78.9 % (Ganin's net,
-    # seed 0) to 86.2 % (3 seeds) at about the same cost (see README). Ganin's exact setting: batch_norm=False, input_norm="none", ema_decay=0.
+    # seed 0) to 86.2 % (3 seeds) at about the same cost (see README). Ganin's exact setting:
+    # batch_norm=False, input_norm="none", ema_decay=0.
     # the network: "ganin" (Ganin's MNIST net, 768 features) or "conv9" (Shu et al. 2018's 9-conv digit
     # net, 64 features, about 22x the compute: meant for a GPU)
     arch: str = "ganin"
@@ -84,8 +86,8 @@ class TrainConfig:
             bad(f"unknown lambda schedule {self.lambda_schedule!r} (ganin, constant)")
         if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):
             bad(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.arch not in ("ganin", "conv9"):
-            bad(f"unknown arch {self.arch!r} (ganin, conv9)")
+        if self.arch not in ARCHS:
+            bad(f"unknown arch {self.arch!r} ({', '.join(ARCHS)})")
         if self.input_norm not in ("none", "instance"):
             bad(f"unknown input norm {self.input_norm!r} (none, instance)")
         if self.precision not in ("auto", "fp32", "bf16"):

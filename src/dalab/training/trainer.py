@@ -32,7 +32,7 @@ from ..errors import DalabError, TrainingFailure
 from ..methods import Batch, Method, check_method_args, make_method
 from ..models.batchnorm import calibrate_bn, domain_bns, has_batch_norm
 from ..models.inference import accuracy_of, autocast_ctx
-from ..models.nets import DANNNet
+from ..models.nets import CHECKPOINT_ARCH, DANNNet
 from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
 from .config import TrainConfig
 from .distributed import all_finite, all_mean, barrier, env_dist_info, init_distributed, wrap_step
@@ -208,8 +208,7 @@ class Trainer:
         return model, opt
 
     def model_config(self) -> dict:
-        arch = {"ganin": "ganin-mnist", "conv9": "conv9"}[self.cfg.arch]
-        return {"arch": arch if self.user_model is None else "custom",
+        return {"arch": CHECKPOINT_ARCH[self.cfg.arch] if self.user_model is None else "custom",
                 "num_classes": getattr(self, "num_classes", 10), "batch_norm": self.cfg.batch_norm,
                 "domain_bn": self.user_model is None and self.cfg.batch_norm and self.cfg.bn_stats == "domain",
                 "input_norm": self.cfg.input_norm,
