@@ -23,12 +23,17 @@ from torch.profiler import ProfilerActivity, profile
 from dalab.training import TrainConfig, Trainer
 
 
-def op_counts(method: str, steps: int, precision: str, data_dir) -> Counter:
-    cfg = TrainConfig(method=method, epochs=1, batch_size=8, limit_train=8 * steps, limit_eval=64,
+def profiled_ops(method: str, steps: int, batch: int, precision: str, data_dir) -> list:
+    """The profiler's ATen entries for one short training run of ``steps`` steps."""
+    cfg = TrainConfig(method=method, epochs=1, batch_size=batch, limit_train=batch * steps, limit_eval=64,
                       bn_calibration=64, precision=precision, data_dir=data_dir)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         Trainer(cfg, progress=False).fit()
-    return Counter({e.key: e.count for e in prof.key_averages() if e.key.startswith("aten::")})
+    return [e for e in prof.key_averages() if e.key.startswith("aten::")]
+
+
+def op_counts(method: str, steps: int, precision: str, data_dir) -> Counter:
+    return Counter({e.key: e.count for e in profiled_ops(method, steps, 8, precision, data_dir)})
 
 
 def main() -> int:
@@ -49,11 +54,7 @@ def main() -> int:
                         sorted(per.items(), key=lambda kv: -kv[1])[:args.top])
         print(f"{method:12s} {args.precision}: {sum(per.values()):6.0f} ATen calls per step ({top})")
         if args.time_share:
-            cfg = TrainConfig(method=method, epochs=1, batch_size=64, limit_train=64 * 60, limit_eval=64,
-                              bn_calibration=64, precision=args.precision, data_dir=args.data_dir)
-            with profile(activities=[ProfilerActivity.CPU]) as prof:
-                Trainer(cfg, progress=False).fit()
-            ev = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+            ev = profiled_ops(method, 60, 64, args.precision, args.data_dir)
             total = sum(e.self_cpu_time_total for e in ev)
             for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:args.top]:
                 print(f"    {100 * e.self_cpu_time_total / total:5.1f} %  {e.key}")

@@ -65,7 +65,10 @@ def bench_device(device: str, steps: int, batch: int, data_dir, network: str = "
     epochs = math.ceil(steps / (len(sx) // batch))
     cfg = TrainConfig(method="dann", epochs=epochs, batch_size=batch, limit_train=n, limit_eval=1000,
                       device=device, data_dir=data_dir, **overrides)
-    Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 5 * batch, "epochs": 1}), progress=False).fit()  # warm-up
+    def short_run(settings: dict, steps: int, out=None) -> None:  # warm-up / a model to load
+        Trainer(TrainConfig(**{**settings, "limit_train": steps * batch, "epochs": 1}), out, progress=False).fit()
+
+    short_run(cfg.to_dict(), 5)
     s = Trainer(cfg, progress=False).fit()
     res.update({"dalab_img_s": img_s(s), "dalab_seconds": s["train_seconds"],
                 "dalab_precision": s["precision"]})
@@ -75,15 +78,13 @@ def bench_device(device: str, steps: int, batch: int, data_dir, network: str = "
         for precision in ("fp32", "bf16"):
             for channels_last in (False, True):
                 vcfg = {**cfg.to_dict(), "precision": precision, "channels_last": channels_last}
-                # warm-up in this setting first: cuDNN picks its kernels per shape and memory format
-                Trainer(TrainConfig(**{**vcfg, "limit_train": 5 * batch, "epochs": 1}), progress=False).fit()
+                short_run(vcfg, 5)  # warm-up in this setting: cuDNN picks kernels per shape and memory format
                 v = Trainer(TrainConfig(**vcfg), progress=False).fit()
                 res["variants"].append({"precision": precision, "channels_last": channels_last,
                                         "img_s": img_s(v)})
     # inference throughput (what `dalab evaluate` does)
     with tempfile.TemporaryDirectory() as d:
-        Trainer(TrainConfig(**{**cfg.to_dict(), "limit_train": 10 * batch, "epochs": 1}), d + "/r",
-                progress=False).fit()
+        short_run(cfg.to_dict(), 10, d + "/r")
         model, _ = load_model(d + "/r/model.pt", device)
         x, _ = tgt["test"].tensors(device)
         predict_logits(model, x[:2048], domain="target")
