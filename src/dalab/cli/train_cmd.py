@@ -43,6 +43,8 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
     p.add_argument("--lr", type=positive_float, default=None,
                    help="initial learning rate (default 0.01 for sgd, 0.001 for adam)")
+    p.add_argument("--adam-beta1", type=nonneg_float, default=d.adam_beta1,
+                   help="with --optimizer adam: first-moment decay (Shu et al. 2018 use 0.5)")
     p.add_argument("--lr-schedule", choices=["ganin", "constant"], default=d.lr_schedule,
                    help="ganin: lr / (1 + 10 p)^0.75")
     p.add_argument("--lambda-max", type=nonneg_float, default=d.lambda_max, help="GRL strength")
@@ -51,8 +53,8 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--gamma", type=nonneg_float, default=d.gamma, help="steepness of the ganin lambda ramp")
     p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
     p.add_argument("--arch", choices=ARCHS, default=d.arch,
-                   help="network: ganin (Ganin's MNIST net) or conv9 (Shu et al. 2018's 9-conv digit net, "
-                        "~22x the compute; for a GPU)")
+                   help="network: ganin (Ganin's MNIST net) or conv9 (Shu et al. 2018's 9-conv digit net, the domain "
+                        "classifier on its second block, ~22x the compute; for a GPU)")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
                    help="batch norm in the feature extractor (--no-batch-norm for Ganin's exact network)")
     p.add_argument("--input-norm", choices=["none", "instance"], default=d.input_norm,
@@ -81,6 +83,7 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(
         method=args.method, source=args.source, target=args.target, epochs=args.epochs, seed=args.seed,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
+        adam_beta1=args.adam_beta1,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
         weight_decay=args.weight_decay, arch=args.arch, batch_norm=args.batch_norm, input_norm=args.input_norm,
         bn_stats=args.bn_stats, bn_calibration=args.bn_calibration, precision=args.precision,

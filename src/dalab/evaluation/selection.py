@@ -24,6 +24,7 @@ import torch
 
 from ..data import load_domain
 from ..errors import DalabError
+from ..models.batchnorm import bn_domain
 from ..models.inference import extract_features
 from ..training import load_model
 from .validators import VALIDATORS, compute_validators
@@ -52,7 +53,8 @@ def _split_tensors(cache: dict, name: str, split: str, data_dir, limit: int | No
 def _outputs(model, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
     f = extract_features(model, x, domain=domain)
     model.eval()
-    logits = torch.cat([model.classify(f[i:i + 4096]) for i in range(0, len(f), 4096)])
+    with bn_domain(model, domain):
+        logits = torch.cat([model.classify(f[i:i + 4096]) for i in range(0, len(f), 4096)])
     return logits.float(), f
 
 

@@ -38,7 +38,7 @@ from torch import nn
 
 from ..models.grl import LambdaSchedule, grad_reverse
 from .base import Batch, Method, accuracy
-from .dann import features_per_domain
+from .dann import classify_per_domain, features_per_domain
 from .losses import entropy
 
 
@@ -82,8 +82,7 @@ class CDAN(Method):
         self.disc: nn.Module | None = None
 
     def setup(self, model, device) -> None:
-        dim = model.label_head.net[0].in_features
-        classes = model.label_head.net[-1].out_features
+        dim, classes = model.feature_dim, model.num_classes
         if self.random_dim > 0:
             gen = torch.Generator().manual_seed(0)
             self.register_buffer("r_f", torch.randn(dim, self.random_dim, generator=gen).to(device))
@@ -103,7 +102,7 @@ class CDAN(Method):
     def loss(self, model, batch: Batch):
         ns = batch.xs.shape[0]
         f = features_per_domain(model, batch.xs, batch.xt)
-        logits = model.classify(f)
+        logits = classify_per_domain(model, f, ns)
         task = F.cross_entropy(logits[:ns], batch.ys)
         g = F.softmax(logits.float().detach(), dim=1).to(f.dtype)
         lam = self._sched(batch.p)

@@ -60,6 +60,25 @@ def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tens
     return model.features(torch.cat([xs, xt]))
 
 
+def classify_per_domain(model, f: torch.Tensor, n_source: int) -> torch.Tensor:
+    """Class logits ``model.classify(f)`` of features whose first ``n_source`` rows are source and
+    the rest target, (len(f), K).
+
+    A label head without batch norm (Ganin's) takes them in one pass. A head with batch norm
+    (``--arch conv9``'s third conv block) takes each domain in its own pass, with that domain's
+    statistics, as :func:`features_per_domain` does for the extractor.
+    """
+    head = getattr(model, "label_head", None)
+    if head is None or not has_batch_norm(head):
+        return model.classify(f)
+    parts = []
+    for dom, part in (("source", f[:n_source]), ("target", f[n_source:])):
+        if len(part):
+            with bn_domain(model, dom):
+                parts.append(model.classify(part))
+    return torch.cat(parts)
+
+
 def logits_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits ``model(x)`` of source and target batches, with the same rule as
     :func:`features_per_domain` (works for any network that maps images to logits)."""
@@ -99,7 +118,7 @@ class DANN(Method):
     def loss(self, model, batch: Batch):
         ns = batch.xs.shape[0]
         f = features_per_domain(model, batch.xs, batch.xt)
-        logits = model.classify(f[:ns])
+        logits = classify_per_domain(model, f[:ns], ns)
         task = F.cross_entropy(logits, batch.ys)
         lam = self.current_lambda(batch.p)
         d = model.domain_logits(f, lam if self.reverse else -lam)

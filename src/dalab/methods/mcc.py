@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import Batch, Method, accuracy
-from .dann import features_per_domain
+from .dann import classify_per_domain, features_per_domain
 from .losses import entropy
 
 
@@ -51,7 +51,7 @@ class MCC(Method):
 
     def loss(self, model, batch: Batch):
         ns = batch.xs.shape[0]
-        logits = model.classify(features_per_domain(model, batch.xs, batch.xt))
+        logits = classify_per_domain(model, features_per_domain(model, batch.xs, batch.xt), ns)
         task = F.cross_entropy(logits[:ns], batch.ys)
         mcc = mcc_loss(logits[ns:], self.temperature)
         return task + self.mu * mcc, {"task_loss": task.detach(), "mcc_loss": mcc.detach(),

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..models.inference import predict_logits
 from .base import Batch, Method, accuracy
-from .dann import DANN, domain_adversarial_loss, features_per_domain, logits_per_domain
+from .dann import DANN, classify_per_domain, domain_adversarial_loss, features_per_domain, logits_per_domain
 
 
 def select_pseudo_labels(probs: torch.Tensor, threshold: float = 0.9, class_balanced: bool = False,
@@ -138,7 +138,7 @@ class DANNPseudoLabel(_PseudoLabelMixin, DANN):
     def loss(self, model, batch: Batch):
         ns = batch.xs.shape[0]
         f = features_per_domain(model, batch.xs, batch.xt)
-        logits = model.classify(f)
+        logits = classify_per_domain(model, f, ns)
         task = F.cross_entropy(logits[:ns], batch.ys)
         lam = self.current_lambda(batch.p)
         d = model.domain_logits(f, lam)

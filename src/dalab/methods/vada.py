@@ -47,7 +47,7 @@ import torch.nn.functional as F
 
 from ..models.batchnorm import bn_domain
 from .base import Batch, Method, accuracy
-from .dann import domain_adversarial_loss, features_per_domain
+from .dann import classify_per_domain, domain_adversarial_loss, features_per_domain
 from .losses import entropy, kl_logits, vat_loss
 
 
@@ -66,7 +66,7 @@ class VADA(Method):
     def loss(self, model, batch: Batch):
         ns = batch.xs.shape[0]
         f = features_per_domain(model, batch.xs, batch.xt)
-        logits = model.classify(f)
+        logits = classify_per_domain(model, f, ns)
         ls, lt = logits[:ns], logits[ns:]
         task = F.cross_entropy(ls, batch.ys)
         d = model.domain_logits(f, self.lambda_d).float()

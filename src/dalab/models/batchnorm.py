@@ -131,11 +131,10 @@ def calibrate_bn(model: nn.Module, x: torch.Tensor, domain: int | str, batch_siz
         m.domain, m.momentum = d, None
     model.train()
     dev = next(model.parameters()).device
-    run = model.features if hasattr(model, "features") else model
     try:
         with autocast():
-            for i in range(0, len(x), batch_size):
-                run(x[i:i + batch_size].to(dev, non_blocking=True))
+            for i in range(0, len(x), batch_size):  # the whole network: a label head may have batch norm too
+                model(x[i:i + batch_size].to(dev, non_blocking=True))
     finally:
         for m, (dom, mom) in zip(mods, saved):
             m.domain, m.momentum = dom, mom

@@ -5,8 +5,9 @@
 - :class:`LabelHead` ("blue"): FC 768->100 -> ReLU -> FC 100->100 -> ReLU -> FC 100->10.
 - :class:`DomainHead` ("pink"): FC 768->100 -> ReLU -> FC 100->1 (a logit; source=1, target=0).
 
-``arch="conv9"`` swaps in the larger digit network of Shu et al. 2018
-(:class:`Conv9FeatureExtractor`, 64 features, a linear label head).
+``arch="conv9"`` swaps in the larger digit network of Shu et al. 2018, cut where their code
+cuts it: :class:`Conv9FeatureExtractor` (two conv blocks, 64*7*7 features, the domain
+classifier's input) and :class:`Conv9Head` (the third block, pooling and a linear layer).
 
 The model takes uint8 images (N, 3, 28, 28) or floats in [0, 1] and normalises them the
 same way for every domain: ``(x - 0.5) / 0.5``, or, with ``input_norm="instance"``, each
@@ -101,16 +102,25 @@ class GaussianNoise(nn.Module):
         return x
 
 
-class Conv9FeatureExtractor(nn.Module):
-    r"""The digit network of Shu et al. (ICLR 2018, VADA / DIRT-T), ``--arch conv9``:
-    (N, 3, 28, 28) images -> (N, 64) features.
+def _conv9_block(cin: int, width: int, bn) -> list[nn.Module]:
+    """Three 3x3 convolutions ('same' padding), each followed by batch norm and leaky ReLU (0.1)."""
+    layers: list[nn.Module] = []
+    for c in (cin, width, width):
+        layers += [nn.Conv2d(c, width, 3, padding=1), bn(width), nn.LeakyReLU(0.1, inplace=True)]
+    return layers
 
-    Three blocks of three 3x3 convolutions with 64 channels ('same' padding), each followed
-    by batch norm and leaky ReLU (slope 0.1). After the first two blocks: 2x2 max-pool,
-    dropout 0.5 and Gaussian noise (std 1) in training. After the third block: global average
-    pooling. Input normalisation as in :class:`FeatureExtractor`. About 22 times the
-    multiply-adds of Ganin's network (0.17 against 0.008 GFLOP per 28x28 image forward): meant for
-    a GPU.
+
+class Conv9FeatureExtractor(nn.Module):
+    r"""The first two blocks of Shu et al.'s digit network (ICLR 2018, VADA / DIRT-T), ``--arch conv9``:
+    (N, 3, 28, 28) images -> (N, 64*7*7 = 3136) features.
+
+    Each block is three 3x3 convolutions with 64 channels ('same' padding), each followed by
+    batch norm and leaky ReLU (slope 0.1), then 2x2 max-pool, dropout 0.5 and Gaussian noise
+    (std 1) in training. The network is cut here, as in Shu et al.'s code (``trim=5``): the
+    domain classifier sees these intermediate features, and the third block is part of the
+    label head (:class:`Conv9Head`). Input normalisation as in :class:`FeatureExtractor`.
+    The whole network does about 22 times the multiply-adds of Ganin's (0.17 against 0.008 GFLOP
+    per 28x28 image forward): it is meant for a GPU.
     """
 
     def __init__(self, in_channels: int = 3, batch_norm: bool = True, input_norm: str = "instance",
@@ -118,27 +128,42 @@ class Conv9FeatureExtractor(nn.Module):
         super().__init__()
         self.input_norm = _checked_input_norm(input_norm)
         bn = _batch_norm_layer(batch_norm, domain_bn)
-
-        def block(cin: int) -> list[nn.Module]:
-            layers: list[nn.Module] = []
-            for c in (cin, width, width):
-                layers += [nn.Conv2d(c, width, 3, padding=1), bn(width), nn.LeakyReLU(0.1, inplace=True)]
-            return layers
-
         self.net = nn.Sequential(
-            *block(in_channels), nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise),
-            *block(width), nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise),
-            *block(width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *_conv9_block(in_channels, width, bn), nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise),
+            *_conv9_block(width, width, bn), nn.MaxPool2d(2), nn.Dropout(dropout), GaussianNoise(noise),
+            nn.Flatten(),
         )
-        self.out_features = width
+        self.width = width
+        self.out_features = width * 7 * 7
 
     forward = FeatureExtractor.forward
+
+
+class Conv9Head(nn.Module):
+    r"""The label head of ``--arch conv9``: features (N, 64*7*7) -> class logits (N, K).
+
+    Shu et al.'s third block (three 3x3 convolutions, batch norm, leaky ReLU 0.1), global
+    average pooling and one linear layer. Its batch norm follows the same per-domain rule as
+    the extractor's, so methods classify source and target features in separate passes
+    (:func:`dalab.methods.dann.classify_per_domain`).
+    """
+
+    def __init__(self, width: int = 64, num_classes: int = 10, batch_norm: bool = True, domain_bn: bool = True):
+        super().__init__()
+        bn = _batch_norm_layer(batch_norm, domain_bn)
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (width, 7, 7)), *_conv9_block(width, width, bn),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes),
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net(f)
 
 
 class LabelHead(nn.Module):
     r"""Ganin's blue part :math:`C`: features (N, D) -> class logits (N, K) (FC-ReLU-FC-ReLU-FC, 100 hidden).
 
-    ``hidden=0`` makes it a single linear layer (the head of ``--arch conv9``).
+    ``hidden=0`` makes it a single linear layer.
     """
 
     def __init__(self, in_features: int = 768, num_classes: int = 10, hidden: int = 100):
@@ -191,7 +216,11 @@ class DANNNet(nn.Module):
         dim = feature_dim or getattr(self.features_net, "out_features", None)
         if dim is None:
             raise ValueError("pass feature_dim for a custom feature extractor")
-        self.label_head = LabelHead(dim, num_classes, hidden=0 if arch == "conv9" else 100)
+        if arch == "conv9" and isinstance(self.features_net, Conv9FeatureExtractor):
+            self.label_head = Conv9Head(self.features_net.width, num_classes, batch_norm, domain_bn)
+        else:
+            self.label_head = LabelHead(dim, num_classes)
+        self.feature_dim, self.num_classes = int(dim), int(num_classes)
         self.grl = GradientReversal(1.0)
         self.domain_head = DomainHead(dim)
 
@@ -211,13 +240,19 @@ class DANNNet(nn.Module):
 
 
 # the "arch" name each network has in checkpoints; dalab <= 0.2 wrote "ganin-mnist" (or nothing)
-CHECKPOINT_ARCH = {"ganin": "ganin-mnist", "conv9": "conv9"}
+CHECKPOINT_ARCH = {"ganin": "ganin-mnist", "conv9": "conv9-shu"}
 ARCH_OF_CHECKPOINT = {v: k for k, v in CHECKPOINT_ARCH.items()}
+# dalab 0.3.0 cut conv9 after its pooling layer (64 features): those weights do not fit this layout
+RETIRED_ARCHS = {"conv9": "a conv9 network of dalab 0.3.0 (cut after pooling, not after the second block); "
+                          "retrain it with this version"}
 
 
 def build_model(config: dict) -> DANNNet:
     """Rebuild a model from the plain config stored in checkpoints."""
-    arch = ARCH_OF_CHECKPOINT.get(str(config.get("arch", "ganin-mnist")))
+    name = str(config.get("arch", "ganin-mnist"))
+    if name in RETIRED_ARCHS:
+        raise ValueError(RETIRED_ARCHS[name])
+    arch = ARCH_OF_CHECKPOINT.get(name)
     if arch is None:
         raise ValueError(f"unknown network {config.get('arch')!r}")
     return DANNNet(num_classes=int(config.get("num_classes", 10)),

@@ -22,6 +22,7 @@ class TrainConfig:
     optimizer: str = "sgd"          # sgd (momentum 0.9, Ganin's annealing) or adam
     lr: float | None = None         # None -> 0.01 for SGD, 1e-3 for Adam (absolute, never relative)
     momentum: float = 0.9
+    adam_beta1: float = 0.9         # Adam's first-moment decay (Shu et al. 2018 use 0.5)
     weight_decay: float = 0.0
     lr_schedule: str = "ganin"      # ganin: lr0 / (1 + 10 p)^0.75 ; constant
     lambda_max: float = 1.0
@@ -76,6 +77,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not math.isfinite(v) or v < 0:
                 bad(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+        if not (math.isfinite(self.adam_beta1) and 0.0 <= self.adam_beta1 < 1.0):
+            bad(f"--adam-beta1 must be in [0, 1), got {self.adam_beta1}")
         if self.lr is not None and (not math.isfinite(self.lr) or self.lr <= 0):
             bad(f"--lr must be a finite number > 0, got {self.lr}")
         if self.optimizer not in DEFAULT_LR:

@@ -133,8 +133,9 @@ class Trainer:
         if self.resume and (self.out / "ckpt.pt").exists():
             ck = load_checked(self.out / "ckpt.pt", CKPT_FORMAT)
             mine = self.cfg.to_dict()
-            # a checkpoint from before dalab 0.3 has no arch: it was Ganin's network
-            theirs = {"arch": "ganin", **{k: v for k, v in ck["config"].items() if k in mine}}
+            # a setting added after the checkpoint was written (arch in 0.3, adam_beta1 in 0.4) had its
+            # default's behaviour then: Ganin's network, Adam's beta1 0.9
+            theirs = {**TrainConfig().to_dict(), **{k: v for k, v in ck["config"].items() if k in mine}}
             diff = [k for k in mine if k not in ("device", "data_dir", "epochs") and theirs.get(k) != mine[k]]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
@@ -204,7 +205,7 @@ class Trainer:
         if cfg.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         else:
-            opt = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+            opt = torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), weight_decay=cfg.weight_decay)
         return model, opt
 
     def model_config(self) -> dict:
