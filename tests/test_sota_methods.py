@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dalab.errors import DalabError
-from dalab.methods import (CDAN, CDANE, DIRTT, MCC, VADA, Batch, FixMatch, MeanTeacher,
+from dalab.methods import (CDAN, CDANE, DIRTT, MCC, VADA, AdaMatch, Batch, FixMatch, MeanTeacher,
                            domain_adversarial_loss)
 from dalab.methods.cdan import entropy_weights, multilinear_map, weighted_domain_loss
 from dalab.methods.consistency import (augment, class_balance_loss, confident_squared_difference,
@@ -228,6 +228,38 @@ def test_fixmatch_threshold_one_means_no_pseudo_labels():
     assert logs["confident_frac"] == 1 and logs["pseudo_loss"] > 0
 
 
+def test_distribution_alignment_restores_the_source_proportions():
+    from dalab.methods.consistency import distribution_alignment
+
+    q = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.6, 0.4], [0.7, 0.3]])  # target leans to class 0 (mean 0.75)
+    ps = torch.tensor([[0.5, 0.5]] * 4)                                  # the source is balanced
+    a = distribution_alignment(q, ps)
+    assert torch.allclose(a.sum(1), torch.ones(4))
+    # each row times (0.5/0.75, 0.5/0.25) then renormalised: 0.9 -> 0.6/(0.6+0.2) = 0.75
+    assert torch.isclose(a[0, 0], torch.tensor(0.75)) and torch.isclose(a[2, 0], torch.tensor(1 / 3))
+    assert torch.allclose(distribution_alignment(q, q), q)  # already aligned: unchanged
+
+
+def test_adamatch_threshold_warmup_and_loss():
+    from dalab.methods.consistency import warmup_weight
+
+    assert warmup_weight(0.0) == 0.0 and warmup_weight(0.25) == pytest.approx(0.5)
+    assert warmup_weight(0.5) == 1.0 and warmup_weight(0.9) == 1.0
+    torch.manual_seed(0)
+    model = DANNNet(batch_norm=True, input_norm="instance")
+    b = _batch()
+    loss0, logs = AdaMatch().loss(model, Batch(b.xs, b.ys, b.xt, p=0.0))  # mu = 0: source terms only
+    assert torch.isclose(loss0, logs["task_loss"])
+    loss, logs = AdaMatch(tau=0.0).loss(model, Batch(b.xs, b.ys, b.xt, p=0.75))
+    assert logs["confident_frac"] == 1 and logs["pseudo_loss"] > 0  # tau 0: every target image counts
+    assert torch.isclose(loss, logs["task_loss"] + logs["pseudo_loss"])
+    # the bar is relative: tau times the mean top source confidence of this batch
+    _, logs = AdaMatch(tau=0.9).loss(model, Batch(b.xs, b.ys, b.xt, p=0.75))
+    assert 0 < logs["threshold"] < 0.9
+    loss.backward()
+    assert all(q.grad is not None for q in model.features_net.parameters())
+
+
 # ---------------------------------------------------------------- on the shared trainer
 def cfg(tiny, **kw):
     base = dict(epochs=1, batch_size=64, data_dir=str(tiny), precision="fp32", seed=1, limit_train=256,
@@ -239,7 +271,8 @@ def cfg(tiny, **kw):
 @pytest.mark.parametrize("method,extra", [("cdan", {"input_norm": "none"}), ("cdan+e", {"batch_norm": False}),
                                           ("vada", {"input_norm": "instance"}), ("mcc", {}),
                                           ("mean-teacher", {"batch_norm": True, "input_norm": "instance"}),
-                                          ("fixmatch", {"batch_norm": False, "input_norm": "none"})])
+                                          ("fixmatch", {"batch_norm": False, "input_norm": "none"}),
+                                          ("adamatch", {})])
 def test_new_methods_train_one_epoch(tiny_data, tmp_path, method, extra):
     s = Trainer(cfg(tiny_data, method=method, **extra), tmp_path / "r", progress=False).fit()
     assert s["status"] == "completed" and 0 <= s["target_test_acc"] <= 1

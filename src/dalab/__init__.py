@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 # public name -> (module, attribute); imported on first access (PEP 562)
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -84,6 +84,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "DIRTT": ("dalab.methods", "DIRTT"),
     "MeanTeacher": ("dalab.methods", "MeanTeacher"),
     "FixMatch": ("dalab.methods", "FixMatch"),
+    "AdaMatch": ("dalab.methods", "AdaMatch"),
     "MCC": ("dalab.methods", "MCC"),
     "PseudoLabel": ("dalab.methods", "PseudoLabel"),
     "DANNPseudoLabel": ("dalab.methods", "DANNPseudoLabel"),
@@ -132,7 +133,7 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from .data import register as register_domain  # noqa: F401
     from .errors import CheckpointError, DalabError, DataError, TrainingFailure  # noqa: F401
     from .methods import (CDAN, CDANE, DANN, DIRTT, MCC, METHODS, VADA, Batch, DANNPseudoLabel,  # noqa: F401
-                          FixMatch, MeanTeacher, Method, NoGRL, PseudoLabel, SourceOnly, TargetOnly,
+                          AdaMatch, FixMatch, MeanTeacher, Method, NoGRL, PseudoLabel, SourceOnly, TargetOnly,
                           domain_adversarial_loss, make_method)
     from .models.grl import (GradientReversal, GradReverseFn, LambdaSchedule, ganin_lambda,  # noqa: F401
                              grad_reverse)

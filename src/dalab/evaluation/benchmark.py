@@ -66,6 +66,7 @@ SUITES: dict[str, dict] = {
             SuiteEntry("dirt-t", dict(ADAM_IN), init_from_method="vada"),
             SuiteEntry("mean-teacher", dict(ADAM_IN)),
             SuiteEntry("fixmatch", dict(ADAM_IN)),
+            SuiteEntry("adamatch", dict(ADAM_IN)),
             SuiteEntry("dann-pl", {"epochs": 5}, init_from_method="dann"),
         ],
     },

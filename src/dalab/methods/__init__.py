@@ -7,13 +7,13 @@ from .base import Batch, Method, accuracy
 from .basic import SourceOnly, TargetOnly
 from .dann import DANN, NoGRL, domain_adversarial_loss
 from .cdan import CDAN, CDANE
-from .consistency import FixMatch, MeanTeacher
+from .consistency import AdaMatch, FixMatch, MeanTeacher
 from .mcc import MCC
 from .vada import DIRTT, VADA
 from .pseudo_label import DANNPseudoLabel, PseudoLabel
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, DANN, NoGRL, TargetOnly)}
-METHODS.update({m.name: m for m in (CDAN, CDANE, VADA, DIRTT, MeanTeacher, FixMatch, MCC)})
+METHODS.update({m.name: m for m in (CDAN, CDANE, VADA, DIRTT, MeanTeacher, FixMatch, AdaMatch, MCC)})
 METHODS.update({m.name: m for m in (PseudoLabel, DANNPseudoLabel)})
 
 
@@ -47,5 +47,5 @@ def make_method(name: str, **kwargs) -> Method:
 
 __all__ = ["Batch", "Method", "accuracy", "SourceOnly", "TargetOnly", "DANN", "NoGRL",
            "domain_adversarial_loss", "METHODS", "make_method", "check_method_args",
-           "CDAN", "CDANE", "VADA", "DIRTT", "MeanTeacher", "FixMatch", "MCC",
+           "CDAN", "CDANE", "VADA", "DIRTT", "MeanTeacher", "FixMatch", "AdaMatch", "MCC",
            "PseudoLabel", "DANNPseudoLabel"]
