@@ -228,6 +228,41 @@ def test_fixmatch_threshold_one_means_no_pseudo_labels():
     assert logs["confident_frac"] == 1 and logs["pseudo_loss"] > 0
 
 
+def test_nonsaturating_domain_game_splits_the_gradients():
+    """Shu et al.'s form: the head learns only from the BCE on detached features, the features only
+    from the flipped-label BCE through a frozen head; the latter's gradient is -d/df log D(f)."""
+    from dalab.methods.dann import nonsaturating_domain_losses
+    from dalab.models.nets import DomainHead
+
+    torch.manual_seed(0)
+    head = DomainHead(6, hidden=5)
+    f = torch.randn(8, 6, requires_grad=True)
+    loss_d, loss_f, acc = nonsaturating_domain_losses(head, f, 4)
+    g_head = torch.autograd.grad(loss_f, list(head.parameters()), allow_unused=True)
+    assert all(g is None for g in g_head)  # the feature loss never moves the discriminator
+    (g_f_from_d,) = torch.autograd.grad(loss_d, f, allow_unused=True)
+    assert g_f_from_d is None  # the discriminator loss never moves the features
+    (g_f,) = torch.autograd.grad(loss_f, f)
+    d = head(f)
+    flipped = torch.tensor([0.0] * 4 + [1.0] * 4)
+    (want,) = torch.autograd.grad(F.binary_cross_entropy_with_logits(d, flipped), f)
+    assert torch.allclose(g_f, want)
+    labels = 1 - flipped
+    assert torch.isclose(loss_d, F.binary_cross_entropy_with_logits(d, labels))
+    assert acc == ((d > 0).float() == labels).float().mean()
+
+
+def test_vada_adversary_option():
+    torch.manual_seed(0)
+    model = DANNNet(batch_norm=True, input_norm="instance")
+    loss, logs = VADA(adversary="non-saturating", lambda_t=0.0).loss(model, _batch())
+    assert torch.isfinite(loss) and 0 <= logs["domain_acc"] <= 1
+    loss.backward()
+    assert all(q.grad is not None for q in model.domain_head.parameters())
+    with pytest.raises(ValueError, match="adversary"):
+        VADA(adversary="wasserstein")
+
+
 def test_distribution_alignment_restores_the_source_proportions():
     from dalab.methods.consistency import distribution_alignment
 

@@ -43,6 +43,25 @@ def domain_adversarial_loss(d_logits: torch.Tensor, n_source: int) -> tuple[torc
     return loss, acc
 
 
+def nonsaturating_domain_losses(head, f: torch.Tensor, n_source: int
+                                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The GAN form of the domain game that Shu et al.'s code uses, instead of a GRL.
+
+    Returns (discriminator loss, feature loss, domain accuracy). The discriminator loss is
+    the BCE of ``head`` on *detached* features (source 1, target 0): only the head learns from it.
+    The feature loss is the BCE with the labels *flipped*, through a copy of ``head`` whose
+    parameters are detached: only the features learn from it. Unlike the GRL's minimax loss,
+    its gradient does not vanish when the discriminator wins.
+    """
+    d = head(f.detach()).float()
+    loss_d, acc = domain_adversarial_loss(d, n_source)
+    frozen = {k: v.detach() for k, v in head.named_parameters()}
+    d_f = torch.func.functional_call(head, frozen, (f,)).float()
+    flipped = torch.ones_like(d_f)
+    flipped[:n_source] = 0.0
+    return loss_d, F.binary_cross_entropy_with_logits(d_f, flipped), acc
+
+
 def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """Features of source then target, (Bs + Bt, D).
 

@@ -14,8 +14,11 @@ loss :math:`\mathcal{L}_v(x) = \mathbb{E}_x \max_{\|r\|\le\epsilon} \mathrm{KL}(
       + \lambda_s\, \mathcal{L}_v(x_s) + \lambda_t \big(\mathcal{L}_c(x_t) + \mathcal{L}_v(x_t)\big).
 
 The GRL makes :math:`D` minimise the (unweighted) domain BCE while the features feel
-:math:`-\lambda_d` times its gradient, i.e. the paper's two-player game (with the
-minimax instead of the non-saturating generator loss). Paper values for MNIST -> MNIST-M
+:math:`-\lambda_d` times its gradient, i.e. the paper's two-player game with the minimax
+generator loss (``adversary="minimax"``, the default). ``adversary="non-saturating"`` plays it as
+Shu et al.'s code does: :math:`D` learns from the BCE on detached features, and the features
+minimise :math:`\lambda_d` times the BCE with the domain labels flipped, whose gradient does not
+vanish when :math:`D` wins (:func:`dalab.methods.dann.nonsaturating_domain_losses`). Paper values for MNIST -> MNIST-M
 (instance-normalised inputs, Adam 1e-3): :math:`\lambda_d = 10^{-2}, \lambda_s = 0,
 \lambda_t = 10^{-2}`; they are the defaults here.
 
@@ -47,7 +50,7 @@ import torch.nn.functional as F
 
 from ..models.batchnorm import bn_domain
 from .base import Batch, Method, accuracy
-from .dann import classify_per_domain, domain_adversarial_loss, features_per_domain
+from .dann import classify_per_domain, domain_adversarial_loss, features_per_domain, nonsaturating_domain_losses
 from .losses import entropy, kl_logits, vat_loss
 
 
@@ -56,8 +59,11 @@ class VADA(Method):
     needs_domain_head = True
 
     def __init__(self, lambda_d: float = 1e-2, lambda_s: float = 0.0, lambda_t: float = 1e-2,
-                 vat_eps: float = 1.0):
+                 vat_eps: float = 1.0, adversary: str = "minimax"):
         super().__init__()
+        if adversary not in ("minimax", "non-saturating"):
+            raise ValueError(f"unknown adversary {adversary!r} (minimax, non-saturating)")
+        self.adversary = adversary
         self.lambda_d = float(lambda_d)
         self.lambda_s = float(lambda_s)
         self.lambda_t = float(lambda_t)
@@ -69,15 +75,20 @@ class VADA(Method):
         logits = classify_per_domain(model, f, ns)
         ls, lt = logits[:ns], logits[ns:]
         task = F.cross_entropy(ls, batch.ys)
-        d = model.domain_logits(f, self.lambda_d).float()
-        dom, dom_acc = domain_adversarial_loss(d, ns)
+        if self.adversary == "minimax":  # dom: the discriminator's BCE (the features feel -lambda_d x its gradient)
+            d = model.domain_logits(f, self.lambda_d).float()
+            dom, dom_acc = domain_adversarial_loss(d, ns)
+            adv = dom
+        else:
+            dom, dom_f, dom_acc = nonsaturating_domain_losses(model.domain_head, f, ns)
+            adv = dom + self.lambda_d * dom_f
         ent = entropy(lt).mean()
         zero = torch.zeros((), device=f.device)
         with bn_domain(model, "target"):
             vat_t = vat_loss(model, batch.xt, lt, self.vat_eps) if self.lambda_t > 0 else zero
         with bn_domain(model, "source"):
             vat_s = vat_loss(model, batch.xs, ls, self.vat_eps) if self.lambda_s > 0 else zero
-        total = task + dom + self.lambda_s * vat_s + self.lambda_t * (ent + vat_t)
+        total = task + adv + self.lambda_s * vat_s + self.lambda_t * (ent + vat_t)
         return total, {"task_loss": task.detach(), "domain_loss": dom.detach(), "domain_acc": dom_acc,
                        "target_entropy": ent.detach(), "vat_target": vat_t.detach(),
                        "vat_source": vat_s.detach(), "train_acc": accuracy(ls.detach(), batch.ys)}
