@@ -126,7 +126,8 @@ def test_conv9_suite_configs_are_valid():
     from dalab.methods import check_method_args
 
     entries = SUITES["digits-mnistm-conv9"]["entries"]
-    assert {e.method for e in entries} == {"source-only", "dann", "cdan", "vada", "dirt-t", "fixmatch", "target-only"}
+    assert {e.method for e in entries} == {"source-only", "dann", "cdan", "vada", "dirt-t", "fixmatch", "adamatch",
+                                             "target-only"}
     for e in entries:
         cfg = TrainConfig(method=e.method, **e.overrides).validate()
         check_method_args(cfg.method, cfg.method_args)

@@ -117,6 +117,7 @@ SUITES: dict[str, dict] = {
             SuiteEntry("vada", {**SHU, "method_args": {"vat_eps": 1.5, "adversary": "non-saturating"}}),
             SuiteEntry("dirt-t", {**SHU, "method_args": {"vat_eps": 1.5}}, init_from_method="vada"),
             SuiteEntry("fixmatch", dict(SHU)),
+            SuiteEntry("adamatch", dict(SHU)),
             SuiteEntry("target-only", dict(SHU), name="target-only (oracle)"),
         ],
     },
