@@ -18,9 +18,9 @@ The GRL makes :math:`D` minimise the (unweighted) domain BCE while the features 
 generator loss (``adversary="minimax"``, the default). ``adversary="non-saturating"`` plays it as
 Shu et al.'s code does: :math:`D` learns from the BCE on detached features, and the features
 minimise :math:`\lambda_d` times the BCE with the domain labels flipped, whose gradient does not
-vanish when :math:`D` wins (:func:`dalab.methods.dann.nonsaturating_domain_losses`). Paper values for MNIST -> MNIST-M
-(instance-normalised inputs, Adam 1e-3): :math:`\lambda_d = 10^{-2}, \lambda_s = 0,
-\lambda_t = 10^{-2}`; they are the defaults here.
+vanish when :math:`D` wins (:func:`dalab.methods.dann.nonsaturating_domain_losses`).
+Paper values for MNIST -> MNIST-M (instance-normalised inputs, Adam 1e-3):
+:math:`\lambda_d = 10^{-2}, \lambda_s = 0, \lambda_t = 10^{-2}`; they are the defaults here.
 
 **DIRT-T** (decision-boundary iterative refinement with a teacher) starts from a VADA
 model and drops the source: with a frozen teacher :math:`h_{\theta_{n-1}}`
