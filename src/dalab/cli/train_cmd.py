@@ -10,7 +10,7 @@ from ..data import load_domain
 from ..errors import DalabError, TrainingFailure
 from ..methods import METHODS
 from ..models.inference import accuracy_of
-from ..models.nets import ARCHS
+from ..models.nets import ARCHS, INPUT_NORMS
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from .common import (HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
                      positive_float, positive_int, print_json)
@@ -57,7 +57,7 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                         "classifier on its second block, ~22x the compute; for a GPU)")
     p.add_argument("--batch-norm", action=argparse.BooleanOptionalAction, default=d.batch_norm,
                    help="batch norm in the feature extractor (--no-batch-norm for Ganin's exact network)")
-    p.add_argument("--input-norm", choices=["none", "instance"], default=d.input_norm,
+    p.add_argument("--input-norm", choices=INPUT_NORMS, default=d.input_norm,
                    help="input normalisation: none = (x - 0.5) / 0.5, instance = per image and channel")
     p.add_argument("--bn-stats", choices=["domain", "shared"], default=d.bn_stats,
                    help="with batch norm: running statistics per domain (default) or one shared set (dalab 0.1)")

@@ -161,21 +161,15 @@ class Conv9Head(nn.Module):
 
 
 class LabelHead(nn.Module):
-    r"""Ganin's blue part :math:`C`: features (N, D) -> class logits (N, K) (FC-ReLU-FC-ReLU-FC, 100 hidden).
-
-    ``hidden=0`` makes it a single linear layer.
-    """
+    r"""Ganin's blue part :math:`C`: features (N, D) -> class logits (N, K) (FC-ReLU-FC-ReLU-FC, 100 hidden)."""
 
     def __init__(self, in_features: int = 768, num_classes: int = 10, hidden: int = 100):
         super().__init__()
-        if hidden:
-            self.net = nn.Sequential(
-                nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-                nn.Linear(hidden, num_classes),
-            )
-        else:
-            self.net = nn.Sequential(nn.Linear(in_features, num_classes))
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         return self.net(f)

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import DalabError
-from ..models.nets import ARCHS
+from ..models.nets import ARCHS, INPUT_NORMS
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 
@@ -33,7 +33,7 @@ class TrainConfig:
     # seed 0) to 86.2 % (3 seeds) at about the same cost (see README). Ganin's exact setting:
     # batch_norm=False, input_norm="none", ema_decay=0.
     # the network: "ganin" (Ganin's MNIST net, 768 features) or "conv9" (Shu et al. 2018's 9-conv digit
-    # net, 64 features, about 22x the compute: meant for a GPU)
+    # net cut after its second block, 64x7x7 features, about 22x the compute: meant for a GPU)
     arch: str = "ganin"
     batch_norm: bool = True
     input_norm: str = "instance"    # none: (x - 0.5) / 0.5 ; instance: per-image, per-channel standardisation
@@ -91,8 +91,8 @@ class TrainConfig:
             bad(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
         if self.arch not in ARCHS:
             bad(f"unknown arch {self.arch!r} ({', '.join(ARCHS)})")
-        if self.input_norm not in ("none", "instance"):
-            bad(f"unknown input norm {self.input_norm!r} (none, instance)")
+        if self.input_norm not in INPUT_NORMS:
+            bad(f"unknown input norm {self.input_norm!r} ({', '.join(INPUT_NORMS)})")
         if self.precision not in ("auto", "fp32", "bf16"):
             bad(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
         return self
