@@ -128,6 +128,7 @@ def test_conv9_suite_configs_are_valid():
     entries = SUITES["digits-mnistm-conv9"]["entries"]
     assert {e.method for e in entries} == {"source-only", "dann", "cdan", "vada", "dirt-t", "fixmatch", "adamatch",
                                              "target-only"}
+    assert [e.init_from_method for e in entries if e.method == "dirt-t"] == ["vada", "adamatch"]
     for e in entries:
         cfg = TrainConfig(method=e.method, **e.overrides).validate()
         check_method_args(cfg.method, cfg.method_args)
@@ -159,3 +160,22 @@ def test_calibration_fills_the_batch_norm_of_conv9s_head():
     head_bns = [m for m in net.label_head.modules() if isinstance(m, DomainBatchNorm2d)]
     assert len(head_bns) == 3 and all(int(m.num_batches_tracked[1]) == 1 for m in head_bns)
     assert all(not torch.allclose(m.running_var[1], torch.ones(64)) for m in head_bns)
+
+
+def test_every_warm_start_names_an_earlier_entry_and_gets_its_own_folder(tmp_path):
+    from dalab.evaluation.benchmark import SUITES, _run_config, _run_dir
+
+    for name, suite in SUITES.items():
+        keys = [e.key for e in suite["entries"]]
+        assert len(set(keys)) == len(keys), name
+        for i, e in enumerate(suite["entries"]):
+            if e.init_from_method:
+                assert e.init_from_method in keys[:i], (name, e.key)
+    e = next(e for e in SUITES["digits-mnistm-conv9"]["entries"] if e.key == "dirt-t (from adamatch)")
+    cfg, why = _run_config(e, ("mnist", "mnistm"), 2, tmp_path, {})
+    assert cfg is None and "adamatch run for seed 2" in why
+    (tmp_path / "adamatch" / "seed2").mkdir(parents=True)
+    (tmp_path / "adamatch" / "seed2" / "model.pt").write_bytes(b"")
+    cfg, _ = _run_config(e, ("mnist", "mnistm"), 2, tmp_path, {"epochs": 3})
+    assert cfg["init_from"] == str(tmp_path / "adamatch" / "seed2" / "model.pt") and cfg["epochs"] == 3
+    assert _run_dir(tmp_path, e.key, 2) == tmp_path / "dirt-t-from-adamatch" / "seed2"
