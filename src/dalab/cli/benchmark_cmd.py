@@ -17,7 +17,8 @@ Runs OUT/<method>/seed<k>/ (OUT/<source>-to-<target>/<method>/seed<k>/ for
 digits-pairs; reused when summary.json exists: re-running continues a stopped
 benchmark), then writes OUT/benchmark.md (the table) and OUT/benchmark.json.
 A diverged/failed run is listed and the rest go on. dirt-t starts from vada's model.pt
-of the same seed ("dirt-t (from adamatch)" from adamatch's). Models are the last epoch's; no target label is used.
+of the same seed ("dirt-t (from adamatch)" from adamatch's). Models are the last
+epoch's; no target label is used.
 """
 
 
