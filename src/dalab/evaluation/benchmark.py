@@ -43,6 +43,7 @@ ADAM_IN = {"optimizer": "adam", "input_norm": "instance"}
 # Shu et al. 2018's network and settings (their code: Adam(1e-3, beta1=0.5), constant rate, EMA 0.998)
 SHU = {"arch": "conv9", "optimizer": "adam", "adam_beta1": 0.5, "lr_schedule": "constant",
        "input_norm": "instance", "ema_decay": 0.998}
+SHU_DIRTT = {**SHU, "method_args": {"vat_eps": 1.5}}  # both conv9 DIRT-T rows, whatever they start from
 GANIN_NET = {"batch_norm": False, "input_norm": "none", "ema_decay": 0.0}  # Ganin's exact setting
 
 
@@ -115,12 +116,11 @@ SUITES: dict[str, dict] = {
             SuiteEntry("dann", dict(SHU)),
             SuiteEntry("cdan", {**SHU, "method_args": {"random_dim": 1024}}),
             SuiteEntry("vada", {**SHU, "method_args": {"vat_eps": 1.5, "adversary": "non-saturating"}}),
-            SuiteEntry("dirt-t", {**SHU, "method_args": {"vat_eps": 1.5}}, init_from_method="vada"),
+            SuiteEntry("dirt-t", dict(SHU_DIRTT), init_from_method="vada"),
             SuiteEntry("fixmatch", dict(SHU)),
             SuiteEntry("adamatch", dict(SHU)),
             # DIRT-T refines any adapted model (Shu et al. sec. 4); here also the strongest one, AdaMatch's
-            SuiteEntry("dirt-t", {**SHU, "method_args": {"vat_eps": 1.5}}, init_from_method="adamatch",
-                       name="dirt-t (from adamatch)"),
+            SuiteEntry("dirt-t", dict(SHU_DIRTT), init_from_method="adamatch", name="dirt-t (from adamatch)"),
             SuiteEntry("target-only", dict(SHU), name="target-only (oracle)"),
         ],
     },
