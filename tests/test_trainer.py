@@ -117,3 +117,31 @@ def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
     assert "ema" in ck and ck["ema_updates"] == 2 * s["steps_per_epoch"]
     with pytest.raises(DalabError, match="ema"):
         cfg(tiny_data, ema_decay=1.0).validate()
+
+
+def _rows(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+
+def test_resume_with_more_epochs_continues_the_run_and_records_it(tiny_data, tmp_path):
+    # DIRT-T at a constant learning rate depends on nothing but the epoch it is in, so a 2-epoch run
+    # continued to 3 epochs is, bit for bit, the 3-epoch run
+    kw = dict(method="dirt-t", optimizer="adam", lr_schedule="constant", ema_decay=0.99)
+    straight = Trainer(cfg(tiny_data, epochs=3, **kw), tmp_path / "straight", progress=False).fit()
+    Trainer(cfg(tiny_data, epochs=2, **kw), tmp_path / "ext", progress=False).fit()
+    s = Trainer(cfg(tiny_data, epochs=3, **kw), tmp_path / "ext", progress=False, resume=True).fit()
+    assert s["epochs_done"] == 3 and s["epochs_changed_from"] == [2] and "epochs_changed_from" not in straight
+    assert s["target_test_acc"] == straight["target_test_acc"]
+    assert _rows(tmp_path / "ext") == _rows(tmp_path / "straight")
+    a = torch.load(tmp_path / "ext" / "model.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "straight" / "model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # resumed once more, with nothing left to train, the record stays
+    again = Trainer(cfg(tiny_data, epochs=3, **kw), tmp_path / "ext", progress=False, resume=True).fit()
+    assert again["epochs_changed_from"] == [2] and again["target_test_acc"] == s["target_test_acc"]
+    # a run cannot be shortened below the epochs it has, and the refusal changes nothing
+    before = (tmp_path / "ext" / "summary.json").read_text()
+    with pytest.raises(DalabError, match="already has 3 epochs; --epochs 2 cannot shorten it"):
+        Trainer(cfg(tiny_data, epochs=2, **kw), tmp_path / "ext", progress=False, resume=True).fit()
+    assert (tmp_path / "ext" / "summary.json").read_text() == before

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dalab.errors import DalabError
 from dalab.cli.main import main
 from dalab.evaluation.benchmark import aggregate, format_table, run_benchmark
 from dalab.evaluation.selection import judge, rank_correlation, select_runs
@@ -203,3 +204,31 @@ def test_benchmark_refuses_to_reuse_a_run_made_with_other_settings(tiny_data, tm
     for jobs in (1, 2):  # the parallel path does not reuse it either
         (r,) = run_benchmark("digits-mnistm", out=tmp_path, jobs=jobs, **common)["rows"]
         assert r["runs_ok"] == 0
+
+
+def test_benchmark_continues_a_finished_run_asked_for_more_epochs(tiny_data, tmp_path, capsys):
+    common = dict(seeds=1, limit_train=128, limit_eval=64, data_dir=str(tiny_data), precision="fp32",
+                  progress=False, log=lambda *_: None, methods=["source-only", "dann"])
+    run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)
+    src, dann = tmp_path / "source-only" / "seed0", tmp_path / "dann" / "seed0"
+    first = (src / "metrics.jsonl").read_text().splitlines()
+    dann_summary = (dann / "summary.json").read_text()
+    res = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"source-only": 2}, **common)
+    s = json.loads((src / "summary.json").read_text())
+    assert s["epochs_done"] == 2 and s["epochs_changed_from"] == [1]
+    rows = (src / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and rows[0] == first[0]  # continued, not restarted
+    assert (dann / "summary.json").read_text() == dann_summary  # the other entry is reused untouched
+    assert [r["epochs"] for r in res["rows"]] == [[2], [1]]
+    assert "| source-only |" in res["table"] and "| 1/1 | 2 | last epoch |" in res["table"]
+    assert json.loads((tmp_path / "benchmark.json").read_text())["epochs_for"] == {"source-only": 2}
+    # asked for fewer epochs than a run has: refused as another setting, never cut or overwritten
+    (r, _) = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)["rows"]
+    assert r["runs_ok"] == 0 and "epochs: 2 != 1" in r["failures"][0]
+    assert json.loads((src / "summary.json").read_text())["epochs_done"] == 2
+    with pytest.raises(DalabError, match="'vada' is not among the methods run"):
+        run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"vada": 2}, **common)
+    args = ["benchmark", "--suite", "digits-mnistm", "--out", str(tmp_path), "--data-dir", str(tiny_data)]
+    for bad in ("source-only", "source-only=0", "=3", "source-only=x"):
+        assert main(args + ["--epochs-for", bad]) == 2
+        assert "METHOD=N" in capsys.readouterr().err

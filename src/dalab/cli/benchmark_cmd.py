@@ -12,10 +12,14 @@ EPILOG = """examples:
       --limit-train 20000 --out runs/bench-quick
   dalab benchmark --suite digits-pairs --seeds 1 --out runs/pairs      # six domain pairs
   dalab benchmark --suite digits-pairs --pairs uci-digits:mnist --methods source-only,dann --out runs/pairs
+  dalab benchmark --suite digits-mnistm-conv9 --seeds 3 --epochs 3 --methods "adamatch,dirt-t (from adamatch)" \\
+      --epochs-for "dirt-t (from adamatch)=6" --out runs/conv9-cpu-e6dt
 
 Runs OUT/<method>/seed<k>/ (OUT/<source>-to-<target>/<method>/seed<k>/ for
 digits-pairs; reused when summary.json exists: re-running continues a stopped
 benchmark), then writes OUT/benchmark.md (the table) and OUT/benchmark.json.
+Asked for more epochs (--epochs, --epochs-for), a finished run is continued from its
+checkpoint rather than restarted; its summary.json says so (epochs_changed_from).
 A diverged/failed run is listed and the rest go on. dirt-t starts from vada's model.pt
 of the same seed ("dirt-t (from adamatch)" from adamatch's). Models are the last
 epoch's; no target label is used.
@@ -32,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--pairs", default=None, metavar="SRC:TGT,...",
                    help="comma-separated subset of a multi-pair suite's domain pairs, e.g. mnist:mnistm")
     p.add_argument("--epochs", type=positive_int, default=None, help="override every method's epochs")
+    p.add_argument("--epochs-for", action="append", default=[], metavar="METHOD=N",
+                   help="override one method's epochs (repeatable), e.g. \"dirt-t (from adamatch)=6\"; "
+                        "a finished run with fewer epochs is continued from its checkpoint")
     p.add_argument("--limit-train", type=positive_int, default=None)
     p.add_argument("--limit-eval", type=positive_int, default=None)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None)
@@ -54,7 +61,14 @@ def run(args) -> int:
             if not sep or not src or not tgt:
                 raise DalabError(f"--pairs: expected SOURCE:TARGET, got {item!r}")
             pairs.append((src, tgt))
+    epochs_for = {}
+    for item in args.epochs_for:
+        name, sep, n = item.rpartition("=")
+        if not sep or not name.strip() or not n.strip().isdigit() or int(n) < 1:
+            raise DalabError(f"--epochs-for: expected METHOD=N with N a positive integer, got {item!r}")
+        epochs_for[name.strip()] = int(n)
     res = run_benchmark(args.suite, args.seeds, args.out, methods=methods, epochs=args.epochs,
+                        epochs_for=epochs_for,
                         limit_train=args.limit_train, limit_eval=args.limit_eval, device=args.device,
                         data_dir=args.data_dir, precision=args.precision, progress=not args.quiet,
                         log=(lambda *_: None) if args.json else print, jobs=args.jobs, pairs=pairs)

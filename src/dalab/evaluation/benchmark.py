@@ -194,10 +194,12 @@ def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, comm
     if summ.is_file():
         s = json.loads(summ.read_text())
         diff = stale_settings(s, cfg) if cfg is not None else []
-        if diff:  # e.g. a run of an older dalab with other defaults: never mix it into the table
-            return _stale_failure(entry, seed, run_dir, diff)
-        s["reused"] = True
-        return s
+        if diff and not _extendable(s, cfg, diff, run_dir):
+            return _stale_failure(entry, seed, run_dir, diff)  # e.g. an older dalab's run with other defaults
+        if not diff:
+            s["reused"] = True
+            return s
+        # the same run asked for more epochs: continue it from its last checkpoint (Trainer's resume)
     if cfg is None:
         return _failed(entry.method, seed, missing)
     try:
@@ -206,6 +208,14 @@ def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, comm
         return _failed(entry.method, seed, str(e))
     except Exception as e:  # noqa: BLE001 - one broken method must not stop the benchmark
         return _failed(entry.method, seed, f"{type(e).__name__}: {e}", traceback.format_exc(limit=3))
+
+
+def _extendable(summary: dict, cfg: dict, diff: list[str], run_dir: Path) -> bool:
+    """A finished run that differs from the one asked for only by having fewer epochs (and has its checkpoint)."""
+    have = (summary.get("config") or {}).get("epochs")
+    return (len(diff) == 1 and diff[0].startswith("epochs:") and summary.get("status") == "completed"
+            and isinstance(have, int) and have < cfg.get("epochs", TrainConfig().epochs)
+            and (run_dir / "ckpt.pt").is_file())
 
 
 def _failed(method: str, seed: int, reason: str, tb: str | None = None) -> dict:
@@ -230,9 +240,10 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
         sm, ss = _mean_std([r["source_test_acc"] for r in ok])
         tm, ts = _mean_std([r["target_test_acc"] for r in ok])
         trm, _ = _mean_std([r.get("train_seconds") for r in ok])
+        epochs = sorted({r.get("epochs_done") for r in ok if r.get("epochs_done") is not None})
         rows.append({"method": method, "source_acc_mean": sm, "source_acc_std": ss,
                      "target_acc_mean": tm, "target_acc_std": ts, "runs_ok": len(ok), "runs": len(runs),
-                     "selected_by": SELECTED_BY, "train_seconds_mean": trm,
+                     "selected_by": SELECTED_BY, "train_seconds_mean": trm, "epochs": epochs,
                      "device": (f"{ok[0].get('device')}: {ok[0].get('device_name')}, {ok[0].get('precision')}"
                                 if ok else None),
                      "failures": [f"seed {r.get('seed')}: {r.get('status')}: {r.get('failure')}"
@@ -246,12 +257,13 @@ def _pm(m, s) -> str:
 
 def format_table(rows: list[dict], suite_name: str) -> str:
     lines = [f"# Benchmark `{suite_name}` ({SUITES[suite_name]['description']})", "",
-             "| method | source acc (%) | target acc (%) | runs ok | selected by | train s (mean) |",
-             "|---|---|---|---|---|---|"]
+             "| method | source acc (%) | target acc (%) | runs ok | epochs | selected by | train s (mean) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         t = "n/a" if r["train_seconds_mean"] is None else f"{r['train_seconds_mean']:.1f}"
+        ep = "/".join(str(e) for e in r.get("epochs") or []) or "n/a"
         lines.append(f"| {r['method']} | {_pm(r['source_acc_mean'], r['source_acc_std'])} | "
-                     f"{_pm(r['target_acc_mean'], r['target_acc_std'])} | {r['runs_ok']}/{r['runs']} | "
+                     f"{_pm(r['target_acc_mean'], r['target_acc_std'])} | {r['runs_ok']}/{r['runs']} | {ep} | "
                      f"{r['selected_by']} | {t} |")
     fails = [f"- {r['method']}, {f}" for r in rows for f in r["failures"]]
     return _with_footer(lines, rows, fails, "Mean ± sample std over seeds of the last-epoch model; no target "
@@ -293,7 +305,13 @@ def format_pair_table(rows: list[dict], suite_name: str, methods: list[str]) -> 
 def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = None, epochs: int | None = None,
                   limit_train: int | None = None, limit_eval: int | None = None, device: str | None = None,
                   data_dir: str | None = None, precision: str | None = None, progress: bool = True,
-                  log=print, jobs: int = 1, pairs: list[tuple[str, str]] | None = None) -> dict:
+                  log=print, jobs: int = 1, pairs: list[tuple[str, str]] | None = None,
+                  epochs_for: dict[str, int] | None = None) -> dict:
+    """Run (or reuse, or continue) every (method, seed) run of ``suite`` and write the table.
+
+    ``epochs`` overrides every entry's epochs, ``epochs_for`` ({entry name: epochs}) single entries'.
+    A finished run asked for more epochs than it has is continued from its checkpoint, not restarted.
+    """
     if suite not in SUITES:
         raise DalabError(f"unknown suite {suite!r} (known: {', '.join(SUITES)})")
     spec = SUITES[suite]
@@ -304,6 +322,13 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
         if bad:
             raise DalabError(f"method {bad[0]!r} is not in suite {suite} ({', '.join(sorted(known))})")
         entries = [e for e in entries if e.key in methods]
+    epochs_for = dict(epochs_for or {})
+    bad = [m for m in epochs_for if m not in {e.key for e in entries}]
+    if bad:
+        raise DalabError(f"--epochs-for: {bad[0]!r} is not among the methods run "
+                         f"({', '.join(e.key for e in entries)})")
+    if any(not isinstance(n, int) or n < 1 for n in epochs_for.values()):
+        raise DalabError("--epochs-for: epochs must be positive integers")
     assert all(e.method in METHODS for e in entries)
     all_pairs = suite_pairs(spec)
     if pairs:
@@ -316,6 +341,8 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
     out.mkdir(parents=True, exist_ok=True)
     common = dict(epochs=epochs, limit_train=limit_train, limit_eval=limit_eval, device=device,
                   data_dir=data_dir, precision=precision)
+    per_entry = {e.key: ({**common, "epochs": epochs_for[e.key]} if e.key in epochs_for else common)
+                 for e in entries}
     done: dict[tuple, dict] = {}
     if jobs > 1:  # independent runs in parallel processes; warm-started entries after their parents
         for phase in (False, True):
@@ -326,7 +353,7 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
                     if (e.init_from_method is not None) != phase:
                         continue
                     for seed in range(seeds):
-                        cfg, _ = _run_config(e, pair, seed, pout, common)
+                        cfg, _ = _run_config(e, pair, seed, pout, per_entry[e.key])
                         run_dir = _run_dir(pout, e.key, seed)
                         if cfg is None or (run_dir / "summary.json").is_file():
                             continue  # run_one below records the missing parent, or reuses / refuses the run
@@ -340,7 +367,7 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
         pout = _pair_out(out, spec, pair)
         for e in entries:
             for seed in range(seeds):
-                s = done.get((pair, e.key, seed)) or run_one(e, pair, seed, pout, common, progress)
+                s = done.get((pair, e.key, seed)) or run_one(e, pair, seed, pout, per_entry[e.key], progress)
                 acc = s.get("target_test_acc")
                 where = f"{pair[0]}->{pair[1]} " if "pairs" in spec else ""
                 log(f"{where}{e.key:13s} seed {seed}: {s.get('status')}"
@@ -358,5 +385,6 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
         table = format_table(rows, suite)
     atomic_write_text(out / "benchmark.md", table)
     atomic_write_json(out / "benchmark.json", {"suite": suite, "seeds": seeds, "rows": rows,
-                                               "settings": {k: v for k, v in common.items() if v is not None}})
+                                               "settings": {k: v for k, v in common.items() if v is not None},
+                                               **({"epochs_for": epochs_for} if epochs_for else {})})
     return {"rows": rows, "table": table}

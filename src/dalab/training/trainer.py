@@ -139,6 +139,9 @@ class Trainer:
             diff = [k for k in mine if k not in ("device", "data_dir", "epochs") and theirs.get(k) != mine[k]]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
+            if int(ck["epoch"]) > self.cfg.epochs:
+                raise DalabError(f"--resume: {self.out}/ckpt.pt already has {ck['epoch']} epochs; "
+                                 f"--epochs {self.cfg.epochs} cannot shorten it (pass --epochs {ck['epoch']} or more)")
             self._remove_stale_tmp()
             return ck
         if existing and not (self.overwrite or self.resume):
@@ -284,6 +287,7 @@ class Trainer:
         lr0 = cfg.resolved_lr()
         history: list[dict] = []
         start_epoch, train_seconds = 0, 0.0
+        self._epochs_changed_from: list[int] = []
         ema = WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         if resume_ck is not None:
             model.load_state_dict(resume_ck["model"])
@@ -296,6 +300,12 @@ class Trainer:
             start_epoch = int(resume_ck["epoch"])
             train_seconds = float(resume_ck["train_seconds"])
             history = [json.loads(s) for s in resume_ck["history"]]
+            # a run resumed with another --epochs than it was planned for (usually more): say so (a schedule over the
+            # training progress, e.g. Ganin's learning rate or lambda, is stretched from here on)
+            self._epochs_changed_from = [int(e) for e in resume_ck.get("epochs_changed_from", [])]
+            planned = int(resume_ck["config"].get("epochs", cfg.epochs))
+            if planned != cfg.epochs and planned not in self._epochs_changed_from:
+                self._epochs_changed_from.append(planned)
         status, failure = "completed", None
         cuda = self.device.type == "cuda"
         check_every = 50 if cuda else 1
@@ -397,7 +407,7 @@ class Trainer:
                      "model": model.state_dict(), "method": self.method.state_dict(),
                      "optimizer": opt.state_dict(),
                      "rng": _rng_state(gen), "train_seconds": train_seconds,
-                     "history": [json.dumps(r) for r in history],
+                     "history": [json.dumps(r) for r in history], "epochs_changed_from": self._epochs_changed_from,
                      **({"ema": ema.model.state_dict(), "ema_updates": ema.updates} if ema else {})},
                     self.out / "ckpt.pt")
 
@@ -424,6 +434,8 @@ class Trainer:
             "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,
             "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
+        if getattr(self, "_epochs_changed_from", None):
+            s["epochs_changed_from"] = list(self._epochs_changed_from)
         if failure:
             s["failure"] = failure
         return s
