@@ -20,6 +20,7 @@ TRAIN_EPILOG = """examples:
   dalab train --method source-only --out runs/src --epochs 10
   dalab train --method dann --lambda-max 0.3 --lambda-schedule constant --out runs/dann-l03
   dalab train --method dann --out runs/dann --resume     # continue a killed run
+  dalab train --method dann --out runs/dann --resume --epochs 20  # train a finished run for longer
   dalab train --method dann --out runs/dann --tensorboard  # + live curves: tensorboard --logdir runs/dann/tb
 
 Writes OUT/summary.json, OUT/metrics.jsonl (one row per epoch), OUT/model.pt (final
@@ -117,7 +118,7 @@ def add_parser(sub) -> None:
     add_train_args(p)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present; with a larger --epochs, train a finished run for longer (summary.json records epochs_changed_from)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--tensorboard", action="store_true",
