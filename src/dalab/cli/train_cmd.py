@@ -118,7 +118,9 @@ def add_parser(sub) -> None:
     add_train_args(p)
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/ckpt.pt if present; with a larger --epochs, train a finished run for longer (summary.json records epochs_changed_from)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/ckpt.pt if present; with a larger --epochs, train a finished run "
+                        "for longer (summary.json records epochs_changed_from)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--tensorboard", action="store_true",
