@@ -145,3 +145,22 @@ def test_resume_with_more_epochs_continues_the_run_and_records_it(tiny_data, tmp
     with pytest.raises(DalabError, match="already has 3 epochs; --epochs 2 cannot shorten it"):
         Trainer(cfg(tiny_data, epochs=2, **kw), tmp_path / "ext", progress=False, resume=True).fit()
     assert (tmp_path / "ext" / "summary.json").read_text() == before
+
+
+def test_resume_without_epochs_keeps_the_checkpoints_plan(tiny_data, tmp_path):
+    from dalab.cli.main import main
+
+    args = ["train", "--method", "source-only", "--data-dir", str(tiny_data), "--out", str(tmp_path / "r"),
+            "--batch-size", "32", "--limit-train", "128", "--limit-eval", "64", "--precision", "fp32", "--quiet"]
+    assert main(args + ["--epochs", "2"]) == 0
+    assert main(args + ["--resume"]) == 0  # not the default 10 epochs: the run stays a 2-epoch run
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["epochs"] == s["epochs_done"] == 2 and "epochs_changed_from" not in s
+    # its warm start's folder moved (as when a benchmark folder is copied): on resume the weights come
+    # from the checkpoint, so the other init_from path is no reason to refuse
+    Trainer(cfg(tiny_data, method="dann", epochs=1), tmp_path / "w0", progress=False).fit()
+    w = dict(method="dann", epochs=1, init_from=str(tmp_path / "w0" / "model.pt"))
+    Trainer(cfg(tiny_data, **w), tmp_path / "w", progress=False).fit()
+    (tmp_path / "w0").rename(tmp_path / "moved")
+    w["init_from"], w["epochs"] = str(tmp_path / "moved" / "model.pt"), 2
+    assert Trainer(cfg(tiny_data, **w), tmp_path / "w", progress=False, resume=True).fit()["status"] == "completed"

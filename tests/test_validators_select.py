@@ -229,6 +229,38 @@ def test_benchmark_continues_a_finished_run_asked_for_more_epochs(tiny_data, tmp
     with pytest.raises(DalabError, match="'vada' is not among the methods run"):
         run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"vada": 2}, **common)
     args = ["benchmark", "--suite", "digits-mnistm", "--out", str(tmp_path), "--data-dir", str(tiny_data)]
-    for bad in ("source-only", "source-only=0", "=3", "source-only=x"):
+    for bad in ("source-only", "source-only=0", "=3", "source-only=x", "source-only=\u00b2"):
         assert main(args + ["--epochs-for", bad]) == 2
         assert "METHOD=N" in capsys.readouterr().err
+    assert main(args + ["--epochs-for", "dann=2", "--epochs-for", "dann=3"]) == 2
+    assert "'dann' is given twice" in capsys.readouterr().err
+
+
+class _Killed(BaseException):
+    pass
+
+
+def test_benchmark_continuation_killed_half_way_is_not_taken_for_finished(tiny_data, tmp_path, monkeypatch):
+    from dalab.training import Trainer
+
+    common = dict(seeds=1, limit_train=128, limit_eval=64, data_dir=str(tiny_data), precision="fp32",
+                  progress=False, log=lambda *_: None, methods=["source-only"])
+    run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)
+    run = tmp_path / "source-only" / "seed0"
+
+    def killed(*a, **k):
+        raise _Killed
+
+    with monkeypatch.context() as m:  # the process dies before the continuation's first checkpoint
+        m.setattr(Trainer, "_checkpoint", killed)
+        with pytest.raises(_Killed):
+            run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"source-only": 2}, **common)
+    assert not (run / "summary.json").exists() and not (run / "model.pt").exists()
+    assert (run / "ckpt.pt").is_file()  # the 1-epoch state, from which the next call goes on
+    (r,) = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)["rows"]  # not reused as 1 epoch
+    assert r["runs_ok"] == 1 and r["epochs"] == [1]  # the checkpoint's own plan, 1 epoch, completed again
+    # the parallel path continues finished runs as well
+    (r,) = run_benchmark("digits-mnistm", out=tmp_path, epochs=3, jobs=2, **common)["rows"]
+    s = json.loads((run / "summary.json").read_text())
+    assert r["runs_ok"] == 1 and s["epochs_done"] == 3 and s["epochs_changed_from"] == [1]
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3

@@ -19,7 +19,9 @@ Runs OUT/<method>/seed<k>/ (OUT/<source>-to-<target>/<method>/seed<k>/ for
 digits-pairs; reused when summary.json exists: re-running continues a stopped
 benchmark), then writes OUT/benchmark.md (the table) and OUT/benchmark.json.
 Asked for more epochs (--epochs, --epochs-for), a finished run is continued from its
-checkpoint rather than restarted; its summary.json says so (epochs_changed_from).
+checkpoint (other changed settings are refused); its summary.json says so
+(epochs_changed_from). A run warm-started from a continued one is not redone: move
+its folder away to redo it.
 A diverged/failed run is listed and the rest go on. dirt-t starts from vada's model.pt
 of the same seed ("dirt-t (from adamatch)" from adamatch's). Models are the last
 epoch's; no target label is used.
@@ -61,12 +63,19 @@ def run(args) -> int:
             if not sep or not src or not tgt:
                 raise DalabError(f"--pairs: expected SOURCE:TARGET, got {item!r}")
             pairs.append((src, tgt))
-    epochs_for = {}
+    epochs_for: dict[str, int] = {}
     for item in args.epochs_for:
         name, sep, n = item.rpartition("=")
-        if not sep or not name.strip() or not n.strip().isdigit() or int(n) < 1:
+        name = name.strip()
+        try:
+            value = int(n) if n.strip().isascii() else 0
+        except ValueError:
+            value = 0
+        if not sep or not name or value < 1:
             raise DalabError(f"--epochs-for: expected METHOD=N with N a positive integer, got {item!r}")
-        epochs_for[name.strip()] = int(n)
+        if name in epochs_for:
+            raise DalabError(f"--epochs-for: {name!r} is given twice")
+        epochs_for[name] = value
     res = run_benchmark(args.suite, args.seeds, args.out, methods=methods, epochs=args.epochs,
                         epochs_for=epochs_for,
                         limit_train=args.limit_train, limit_eval=args.limit_eval, device=args.device,

@@ -12,6 +12,7 @@ from ..methods import METHODS
 from ..models.inference import accuracy_of
 from ..models.nets import ARCHS, INPUT_NORMS
 from ..training import TrainConfig, Trainer, load_model, resolve_device
+from ..training.checkpoint import CKPT_FORMAT, load_checked
 from .common import (HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
                      positive_float, positive_int, print_json)
 
@@ -38,7 +39,9 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--method", default=d.method, help=f"one of: {', '.join(METHODS)}")
     p.add_argument("--source", default=d.source, help="source domain (labelled)")
     p.add_argument("--target", default=d.target, help="target domain (unlabelled for adaptation)")
-    p.add_argument("--epochs", type=positive_int, default=d.epochs, help="passes over the source training set")
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"passes over the source training set (default {d.epochs}; with --resume, the "
+                        "checkpoint's)")
     p.add_argument("--seed", type=nonneg_int, default=d.seed)
     p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per domain per step")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
@@ -80,9 +83,21 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     add_data_dir(p)
 
 
+def _epochs(args) -> int:
+    """--epochs if given; else, resuming, the epochs the run in --out was planned for; else the default."""
+    if args.epochs is not None:
+        return args.epochs
+    ck = Path(args.out) / "ckpt.pt"
+    if getattr(args, "resume", False) and ck.is_file():
+        planned = load_checked(ck, CKPT_FORMAT).get("config", {}).get("epochs")
+        if isinstance(planned, int) and planned > 0:
+            return planned
+    return TrainConfig().epochs
+
+
 def config_from_args(args) -> TrainConfig:
     return TrainConfig(
-        method=args.method, source=args.source, target=args.target, epochs=args.epochs, seed=args.seed,
+        method=args.method, source=args.source, target=args.target, epochs=_epochs(args), seed=args.seed,
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
         adam_beta1=args.adam_beta1,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,

@@ -218,6 +218,12 @@ def _extendable(summary: dict, cfg: dict, diff: list[str], run_dir: Path) -> boo
             and (run_dir / "ckpt.pt").is_file())
 
 
+def _to_continue(run_dir: Path, cfg: dict) -> bool:
+    """Whether ``run_dir`` holds a finished run that ``cfg`` asks to train for more epochs."""
+    s = json.loads((run_dir / "summary.json").read_text())
+    return _extendable(s, cfg, stale_settings(s, cfg), run_dir)
+
+
 def _failed(method: str, seed: int, reason: str, tb: str | None = None) -> dict:
     # not written to summary.json: a failed run is retried next time
     s = failure_record(method, seed, reason)
@@ -355,7 +361,7 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
                     for seed in range(seeds):
                         cfg, _ = _run_config(e, pair, seed, pout, per_entry[e.key])
                         run_dir = _run_dir(pout, e.key, seed)
-                        if cfg is None or (run_dir / "summary.json").is_file():
+                        if cfg is None or ((run_dir / "summary.json").is_file() and not _to_continue(run_dir, cfg)):
                             continue  # run_one below records the missing parent, or reuses / refuses the run
                         label = f"{pair[0]}->{pair[1]} {e.key} seed {seed}"
                         labels[label] = (pair, e.key, seed)

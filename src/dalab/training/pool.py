@@ -49,8 +49,10 @@ def run_parallel(jobs_list: list[Job], jobs: int, threads: int | None = None, lo
     pending = []
     for job in jobs_list:
         summ = job.out / "summary.json"
-        if summ.is_file():
-            results[job.label] = json.loads(summ.read_text())
+        s = json.loads(summ.read_text()) if summ.is_file() else None
+        # a finished run asked for more epochs is continued (the worker resumes it); any other is kept
+        if s is not None and not (s.get("status") == "completed" and s.get("epochs_done", 0) < job.config.epochs):
+            results[job.label] = s
         else:
             pending.append(job)
     running: list[tuple[Job, subprocess.Popen, str, float]] = []

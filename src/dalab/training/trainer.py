@@ -136,12 +136,19 @@ class Trainer:
             # a setting added after the checkpoint was written (arch in 0.3, adam_beta1 in 0.4) had its
             # default's behaviour then: Ganin's network, Adam's beta1 0.9
             theirs = {**TrainConfig().to_dict(), **{k: v for k, v in ck["config"].items() if k in mine}}
-            diff = [k for k in mine if k not in ("device", "data_dir", "epochs") and theirs.get(k) != mine[k]]
+            # init_from is not compared: a resumed run's weights come from the checkpoint
+            diff = [k for k in mine if k not in ("device", "data_dir", "epochs", "init_from")
+                    and theirs.get(k) != mine[k]]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
             if int(ck["epoch"]) > self.cfg.epochs:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt already has {ck['epoch']} epochs; "
                                  f"--epochs {self.cfg.epochs} cannot shorten it (pass --epochs {ck['epoch']} or more)")
+            if int(ck["epoch"]) < self.cfg.epochs:
+                # training goes on: the summary and model of the run as it was (e.g. a finished 3-epoch
+                # run continued to 6) no longer describe it; the continued run writes new ones at its end
+                for f in ("summary.json", "model.pt"):
+                    (self.out / f).unlink(missing_ok=True)
             self._remove_stale_tmp()
             return ck
         if existing and not (self.overwrite or self.resume):
