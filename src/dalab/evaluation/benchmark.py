@@ -194,7 +194,7 @@ def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, comm
     if summ.is_file():
         s = json.loads(summ.read_text())
         diff = stale_settings(s, cfg) if cfg is not None else []
-        if diff and not _extendable(s, cfg, diff, run_dir):
+        if diff and not _extendable(s, cfg, run_dir):
             return _stale_failure(entry, seed, run_dir, diff)  # e.g. an older dalab's run with other defaults
         if not diff:
             s["reused"] = True
@@ -210,18 +210,17 @@ def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, comm
         return _failed(entry.method, seed, f"{type(e).__name__}: {e}", traceback.format_exc(limit=3))
 
 
-def _extendable(summary: dict, cfg: dict, diff: list[str], run_dir: Path) -> bool:
+def _extendable(summary: dict, cfg: dict, run_dir: Path) -> bool:
     """A finished run that differs from the one asked for only by having fewer epochs (and has its checkpoint)."""
     have = (summary.get("config") or {}).get("epochs")
-    return (len(diff) == 1 and diff[0].startswith("epochs:") and summary.get("status") == "completed"
-            and isinstance(have, int) and have < cfg.get("epochs", TrainConfig().epochs)
-            and (run_dir / "ckpt.pt").is_file())
+    return (summary.get("status") == "completed" and isinstance(have, int)
+            and have < cfg.get("epochs", TrainConfig().epochs) and (run_dir / "ckpt.pt").is_file()
+            and not stale_settings(summary, {**cfg, "epochs": have}))
 
 
 def _to_continue(run_dir: Path, cfg: dict) -> bool:
     """Whether ``run_dir`` holds a finished run that ``cfg`` asks to train for more epochs."""
-    s = json.loads((run_dir / "summary.json").read_text())
-    return _extendable(s, cfg, stale_settings(s, cfg), run_dir)
+    return _extendable(json.loads((run_dir / "summary.json").read_text()), cfg, run_dir)
 
 
 def _failed(method: str, seed: int, reason: str, tb: str | None = None) -> dict:

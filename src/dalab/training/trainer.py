@@ -441,7 +441,7 @@ class Trainer:
             "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,
             "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
-        if getattr(self, "_epochs_changed_from", None):
+        if self._epochs_changed_from:  # set by fit() before every summary
             s["epochs_changed_from"] = list(self._epochs_changed_from)
         if failure:
             s["failure"] = failure
