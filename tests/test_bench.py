@@ -83,3 +83,43 @@ def test_ops_per_step_counts_grow_with_steps(tiny_data, monkeypatch):
     short, long = (ops_per_step.op_counts("dann", n, "fp32", str(tiny_data)) for n in (2, 4))
     extra = sum(long.values()) - sum(short.values())
     assert extra > 0 and long["aten::convolution"] > short["aten::convolution"]
+
+
+def test_ops_per_step_conv9_uses_the_suite_settings(tiny_data, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import ops_per_step
+
+    cfg = ops_per_step.conv9_settings("dirt-t")
+    assert cfg["arch"] == "conv9" and cfg["method_args"]["vat_eps"] == 1.5 and cfg["optimizer"] == "adam"
+    with pytest.raises(SystemExit, match="not in the digits-mnistm-conv9 suite"):
+        ops_per_step.conv9_settings("mean-teacher")
+    small = ops_per_step.op_counts("source-only", 2, "fp32", str(tiny_data))
+    conv9 = ops_per_step.op_counts("source-only", 2, "fp32", str(tiny_data), ops_per_step.conv9_settings("source-only"))
+    assert conv9["aten::convolution"] > small["aten::convolution"]  # nine convolutions per pass, not two
+
+
+def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_path):
+    """The device script, on the CPU with tiny data: it trains the chain and the reference rows, and
+    RETURN gets the small files plus one weights tar per seed (the models of finished runs)."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    work, ret = tmp_path / "work", tmp_path / "ret"
+    env = {**os.environ, "DALAB_DATA": str(tiny_data), "DEVICE": "cpu", "PYTHON": sys.executable,
+           "EXTRA": "--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1", "DEADLINE_S": "400", "REF_NEEDS_S": "1"}
+    assert subprocess.run(["bash", "-n", str(BENCH / "gpu_conv9.sh")]).returncode == 0
+    p = subprocess.run(["bash", str(BENCH / "gpu_conv9.sh"), str(work), str(ret)], env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "conv9 chain: rc 0" in p.stdout and "reference rows: rc 0" in p.stdout
+    assert "Failed or diverged" not in p.stdout and "| 1/1 |" in p.stdout
+    with tarfile.open(ret / "results.tgz") as t:
+        names = t.getnames()
+    assert "./conv9/benchmark.md" in names and "./conv9-ref/benchmark.md" in names
+    with tarfile.open(ret / "weights-seed0.tar") as t:
+        assert sorted(t.getnames()) == ["conv9/adamatch/seed0/model.pt", "conv9/dirt-t-from-adamatch/seed0/model.pt"]
+    with tarfile.open(ret / "weights-ref.tar") as t:
+        assert sorted(t.getnames()) == ["conv9-ref/source-only/seed0/model.pt",
+                                        "conv9-ref/target-only-oracle/seed0/model.pt"]
