@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,8 @@ import torch
 from dalab.errors import DalabError
 from dalab.cli.main import main
 from dalab.evaluation.benchmark import aggregate, format_table, run_benchmark
-from dalab.evaluation.selection import judge, rank_correlation, select_runs
+from dalab.evaluation.selection import (config_of, group_by_config, judge, judge_configs, rank_correlation,
+                                        select_runs)
 from dalab.evaluation.validators import (VALIDATORS, bnm, compute_validators, dev_risk, importance_weights,
                                          info_max, reverse_validation, snd, source_accuracy, target_entropy)
 
@@ -129,6 +131,15 @@ def test_select_and_benchmark_on_the_tiny_fixture(tiny_data, tmp_path, capsys):
     assert got["ranked_by"] == "bnm" and len(got["rows"]) == 6
     assert main(["select", str(out), "--validator", "info-max", "--data-dir", str(tiny_data), "--limit", "64"]) == 0
     assert "Spearman" in capsys.readouterr().out
+    assert main(["select", str(out), "--validator", "bnm,entropy", "--by-config", "--data-dir", str(tiny_data),
+                 "--limit", "64", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert sorted(Path(g["config"]).name for g in got["configs"]) == ["dirt-t", "source-only", "vada"]
+    assert all(g["runs"] == 2 and g["seeds"] == [0, 1] for g in got["configs"])
+    assert got["config_report"]["bnm"]["choice"] == got["configs"][0]["config"]
+    assert main(["select", str(out), "--validator", "bnm", "--by-config", "--data-dir", str(tiny_data),
+                 "--limit", "64"]) == 0
+    assert "configurations ranked by mean bnm" in capsys.readouterr().out
     assert main(["select", str(out), "--validator", "oracle", "--data-dir", str(tiny_data)]) == 2
     assert "unknown validator" in capsys.readouterr().err
 
@@ -264,3 +275,25 @@ def test_benchmark_continuation_killed_half_way_is_not_taken_for_finished(tiny_d
     s = json.loads((run / "summary.json").read_text())
     assert r["runs_ok"] == 1 and s["epochs_done"] == 3 and s["epochs_changed_from"] == [1]
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_configurations_are_chosen_by_their_mean_score_over_seeds():
+    """A lucky seed does not win: config b has the best single run but the lower mean."""
+    def row(run, score, acc, seed):
+        return {"run": run, "scores": {"v": score}, "target_test_acc": acc, "seed": seed}
+
+    rows = [row("s/a/seed0", 0.5, 0.90, 0), row("s/a/seed1", 0.5, 0.92, 1),
+            row("s/b/seed0", 0.9, 0.95, 0), row("s/b/seed1", 0.0, 0.50, 1),
+            row("s/c/seed0", 0.1, 0.60, 0), row("s/c/seed1", float("nan"), 0.99, 1),
+            row("s/one", 0.2, 0.70, None)]
+    groups = {g["config"]: g for g in group_by_config(rows, ["v"])}
+    assert set(groups) == {"s/a", "s/b", "s/c", "s/one"}
+    assert groups["s/a"]["runs"] == 2 and groups["s/a"]["seeds"] == [0, 1]
+    assert math.isclose(groups["s/a"]["scores"]["v"], 0.5) and math.isclose(groups["s/a"]["target_test_acc"], 0.91)
+    assert math.isnan(groups["s/c"]["scores"]["v"])  # a broken seed is not averaged away
+    assert groups["s/one"]["runs"] == 1 and groups["s/one"]["seeds"] == []
+    j = judge_configs(list(groups.values()), ["v"])["v"]
+    assert j["choice"] == "s/a" and math.isclose(j["choice_target_acc"], 0.91)
+    assert math.isclose(j["oracle_target_acc"], 0.91)  # the best mean over seeds, not b's lucky 0.95
+    assert config_of("x/seed12") == "x" and config_of("x/seedling") == "x/seedling"
+    assert config_of("x/seed\u0663") == "x/seed\u0663"  # non-ASCII digits are not a seed folder

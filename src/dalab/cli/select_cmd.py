@@ -22,10 +22,14 @@ EPILOG = f"""validators (higher score = better; none reads a target label):
 examples:
   dalab select runs/ --validator snd
   dalab select runs/sweep --validator all --json > selection.json
+  dalab select runs/sweep --validator bnm --by-config    # choose a configuration by its mean over seeds
 
 Candidates are the model.pt files under RUNS_DIR. Scores use source val/train images and
 the *unlabelled* target {{val,train}} images. The target test accuracy in each run's
 summary.json is shown as the oracle, for judging the validators only. Known: {', '.join(VALIDATORS)}.
+--by-config groups the seed folders of a benchmark (OUT/<entry>/seed<k>) into configurations,
+averages each validator over a configuration's seeds and chooses the configuration with the best
+mean: the way to pick hyper-parameters without a target label.
 """
 
 
@@ -39,6 +43,9 @@ def add_parser(sub) -> None:
                    help="unlabelled target images to score on")
     p.add_argument("--limit", type=positive_int, default=2000, help="images per split used for scoring")
     p.add_argument("--device", default="auto")
+    p.add_argument("--by-config", action="store_true",
+                   help="also rank configurations (OUT/<entry>/seed<k> folders grouped by entry) by their "
+                        "mean score over seeds")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     add_data_dir(p)
     p.set_defaults(func=run_select)
@@ -61,7 +68,7 @@ def _pct(v) -> str:
 def run_select(args) -> int:
     validators = parse_validators(args.validator)
     res = select_runs(args.runs_dir, validators, data_dir=args.data_dir, target_split=args.target_split,
-                      limit=args.limit, device=resolve_device(args.device))
+                      limit=args.limit, device=resolve_device(args.device), by_config=args.by_config)
     if args.json:
         print_json(res)
         return 0
@@ -71,9 +78,22 @@ def run_select(args) -> int:
     for i, r in enumerate(res["rows"], 1):
         print(f"| {i:4d} | {r['scores'][key]:10.4f} |   {_pct(r.get('target_test_acc'))}   | {r['run']}")
     print()
-    print("| validator  | chosen run | target acc of choice | oracle best | Spearman rho (score vs target acc)")
-    for v, j in res["report"].items():
+    _print_report(res["report"], "run")
+    if "configs" in res:
+        print()
+        print(f"configurations ranked by mean {key} over their seeds (target acc: mean over the same seeds)")
+        print(f"| rank | {key:>10s} | runs | target acc | configuration")
+        for i, g in enumerate(res["configs"], 1):
+            print(f"| {i:4d} | {g['scores'][key]:10.4f} | {g['runs']:4d} |   {_pct(g['target_test_acc'])}   | "
+                  f"{g['config']}")
+        print()
+        _print_report(res["config_report"], "configuration")
+    return 0
+
+
+def _print_report(report: dict, what: str) -> None:
+    print(f"| validator  | chosen {what} | target acc of choice | oracle best | Spearman rho (score vs target acc)")
+    for v, j in report.items():
         rho = j["spearman"]
         print(f"| {v:10s} | {j['choice']} | {_pct(j['choice_target_acc'])} | {_pct(j['oracle_target_acc'])} | "
               f"{'n/a' if not math.isfinite(rho) else f'{rho:+.3f}'}")
-    return 0

@@ -118,9 +118,52 @@ def judge(rows: list[dict], validators) -> dict:
     return out
 
 
-def select_runs(root, validators=VALIDATORS, **kwargs) -> dict:
+def config_of(run: str) -> str:
+    """The configuration a run belongs to: ``X/<entry>`` for a seed folder ``X/<entry>/seed<k>``
+    (the layout of ``dalab benchmark``), else the run itself."""
+    p = Path(run)
+    name = p.name
+    return str(p.parent) if name.startswith("seed") and name[4:].isdigit() and name[4:].isascii() else str(p)
+
+
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return sum(xs) / len(xs) if xs else None
+
+
+def group_by_config(rows: list[dict], validators) -> list[dict]:
+    """One entry per configuration: its runs' seeds, the mean of each validator's score over them
+    (a score that is not finite makes the mean nan, so a broken seed cannot hide), and the
+    runs' mean target test accuracy (oracle, for judging only)."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(config_of(r["run"]), []).append(r)
+    out = []
+    for cfg, rs in groups.items():
+        scores = {}
+        for v in validators:
+            vals = [r["scores"][v] for r in rs]
+            scores[v] = (sum(vals) / len(vals) if all(x is not None and math.isfinite(x) for x in vals)
+                         else float("nan"))
+        accs = [r.get("target_test_acc") for r in rs]
+        out.append({"config": cfg, "runs": len(rs), "seeds": sorted(r.get("seed") for r in rs
+                                                                    if r.get("seed") is not None),
+                    "scores": scores,
+                    "target_test_acc": _mean(accs) if all(a is not None for a in accs) else None})
+    return out
+
+
+def judge_configs(groups: list[dict], validators) -> dict:
+    """:func:`judge` over configurations: the choice is the configuration with the best mean score;
+    its mean target accuracy is what a user of that choice gets (a mean over seeds, not one lucky seed)."""
+    rows = [{"run": g["config"], "scores": g["scores"], "target_test_acc": g["target_test_acc"]} for g in groups]
+    return judge(rows, validators)
+
+
+def select_runs(root, validators=VALIDATORS, by_config: bool = False, **kwargs) -> dict:
     """Score every candidate under ``root``; returns ``{"rows": [...], "report": judge(...)}``,
-    rows sorted by the first validator (best first)."""
+    rows sorted by the first validator (best first). ``by_config`` adds ``"configs"`` (one entry per
+    benchmark entry folder, scores averaged over its seeds, best first) and ``"config_report"``."""
     bad = [v for v in validators if v not in VALIDATORS]
     if bad:
         raise DalabError(f"unknown validator {bad[0]!r} (known: {', '.join(VALIDATORS)})")
@@ -128,4 +171,10 @@ def select_runs(root, validators=VALIDATORS, **kwargs) -> dict:
     rows = [score_candidate(p, validators, cache=cache, **kwargs) for p in find_candidates(root)]
     key = validators[0]
     rows.sort(key=lambda r: -r["scores"][key] if math.isfinite(r["scores"][key]) else math.inf)
-    return {"validators": list(validators), "ranked_by": key, "rows": rows, "report": judge(rows, validators)}
+    res = {"validators": list(validators), "ranked_by": key, "rows": rows, "report": judge(rows, validators)}
+    if by_config:
+        groups = group_by_config(rows, validators)
+        groups.sort(key=lambda g: -g["scores"][key] if math.isfinite(g["scores"][key]) else math.inf)
+        res["configs"] = groups
+        res["config_report"] = judge_configs(groups, validators)
+    return res
