@@ -7,6 +7,8 @@
 #    the three seeds in parallel processes on the one card (DIRT-T of a seed starts from that seed's
 #    AdaMatch model.pt);
 # 2. only if enough time is left (estimated, see REF_NEEDS_S): the source-only and oracle rows.
+# CHAIN_OUT and CHAIN_EXTRA run another chain, e.g. a candidate of a label-free sweep:
+#     CHAIN_OUT=conv9-a20 CHAIN_EXTRA="--epochs-for adamatch=20" REF_NEEDS_S=99999 bash bench/gpu_conv9.sh ...
 # Everything is cut at DEADLINE_S seconds after the start, so the files come back even when the runs
 # do not finish. RETURN receives results.tgz (summaries, metrics, tables, logs) and one tar of weights
 # per seed: model.pt of each finished run, ckpt.pt of an unfinished one (`dalab benchmark` continues
@@ -20,6 +22,8 @@ DEADLINE_S=${DEADLINE_S:-560}
 REF_NEEDS_S=${REF_NEEDS_S:-180}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more benchmark flags, e.g. for a dry run on the CPU: "--epochs 1 --limit-train 256"
+CHAIN_OUT=${CHAIN_OUT:-conv9}  # the chain's folder under WORK
+CHAIN_EXTRA=${CHAIN_EXTRA:-}   # flags for the chain only, e.g. --epochs-for adamatch=20
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export DALAB_DATA=${DALAB_DATA:-$WORK/data}
@@ -58,10 +62,10 @@ EOF
 echo "== conv9 chain ($(left) s left)"
 t=$(date +%s)
 timeout "$(( $(left) - 15 ))" $DALAB benchmark --suite digits-mnistm-conv9 --seeds 3 --device "$DEVICE" --jobs 3 $EXTRA \
-    --methods "adamatch,dirt-t (from adamatch)" --out conv9 --quiet >conv9.log 2>&1
+    $CHAIN_EXTRA --methods "adamatch,dirt-t (from adamatch)" --out "$CHAIN_OUT" --quiet >"$CHAIN_OUT.log" 2>&1
 echo "conv9 chain: rc $?, $(( $(date +%s) - t )) s" | tee -a stages.txt
 pkill -f dalab.training.pool 2>/dev/null  # workers of a benchmark cut by timeout
-tail -12 conv9.log
+tail -12 "$CHAIN_OUT.log"
 
 if [ "$(left)" -ge "$REF_NEEDS_S" ]; then
     echo "== reference rows ($(left) s left)"
@@ -79,7 +83,7 @@ kill "$PACKER" "$SMI" 2>/dev/null
 wait 2>/dev/null
 for s in 0 1 2; do  # chain weights, one tar per seed: model.pt of a finished run, else its checkpoint
     files=()
-    for d in conv9/*/seed$s; do
+    for d in "$CHAIN_OUT"/*/seed$s; do
         [ -d "$d" ] || continue
         if [ -f "$d/summary.json" ] && [ -f "$d/model.pt" ]; then files+=("$d/model.pt")
         elif [ -f "$d/ckpt.pt" ]; then files+=("$d/ckpt.pt"); fi

@@ -101,6 +101,7 @@ def test_ops_per_step_conv9_uses_the_suite_settings(tiny_data, monkeypatch):
 def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_path):
     """The device script, on the CPU with tiny data: it trains the chain and the reference rows, and
     RETURN gets the small files plus one weights tar per seed (the models of finished runs)."""
+    import json
     import os
     import subprocess
     import sys
@@ -108,7 +109,8 @@ def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_pat
 
     work, ret = tmp_path / "work", tmp_path / "ret"
     env = {**os.environ, "DALAB_DATA": str(tiny_data), "DEVICE": "cpu", "PYTHON": sys.executable,
-           "EXTRA": "--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1", "DEADLINE_S": "400", "REF_NEEDS_S": "1"}
+           "EXTRA": "--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1", "DEADLINE_S": "400", "REF_NEEDS_S": "1",
+           "CHAIN_OUT": "c9", "CHAIN_EXTRA": "--epochs-for adamatch=2"}
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_conv9.sh")]).returncode == 0
     p = subprocess.run(["bash", str(BENCH / "gpu_conv9.sh"), str(work), str(ret)], env=env,
                        capture_output=True, text=True, timeout=600)
@@ -117,9 +119,10 @@ def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_pat
     assert "Failed or diverged" not in p.stdout and "| 1/1 |" in p.stdout
     with tarfile.open(ret / "results.tgz") as t:
         names = t.getnames()
-    assert "./conv9/benchmark.md" in names and "./conv9-ref/benchmark.md" in names
+    assert "./c9/benchmark.md" in names and "./conv9-ref/benchmark.md" in names
+    assert json.loads((work / "c9" / "adamatch" / "seed0" / "summary.json").read_text())["epochs_done"] == 2
     with tarfile.open(ret / "weights-seed0.tar") as t:
-        assert sorted(t.getnames()) == ["conv9/adamatch/seed0/model.pt", "conv9/dirt-t-from-adamatch/seed0/model.pt"]
+        assert sorted(t.getnames()) == ["c9/adamatch/seed0/model.pt", "c9/dirt-t-from-adamatch/seed0/model.pt"]
     with tarfile.open(ret / "weights-ref.tar") as t:
         assert sorted(t.getnames()) == ["conv9-ref/source-only/seed0/model.pt",
                                         "conv9-ref/target-only-oracle/seed0/model.pt"]
