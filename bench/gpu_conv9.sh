@@ -11,11 +11,19 @@
 #     CHAIN_OUT=conv9-a20 CHAIN_EXTRA="--epochs-for adamatch=20" REF_NEEDS_S=99999 bash bench/gpu_conv9.sh ...
 # Everything is cut at DEADLINE_S seconds after the start, so the files come back even when the runs
 # do not finish. RETURN receives results.tgz (summaries, metrics, tables, logs) and one tar of weights
-# per seed: model.pt of each finished run, ckpt.pt of an unfinished one (`dalab benchmark` continues
-# it from there on any machine). Runs with the repo's sources (PYTHONPATH=src).
+# per seed: model.pt of each finished run, ckpt.pt of an unfinished one. To continue a cut chain on
+# another machine, unpack results.tgz and the weights tars into a fresh WORK and run this again
+# (`dalab benchmark` resumes each unfinished run from its ckpt.pt). A tar that would pass 15 MiB (the
+# device tool returns files of at most 16 MiB) is split into one tar per run.
+# EXTRA and CHAIN_EXTRA are split on spaces (no quoting inside them); CHAIN_OUT is a plain folder name.
+# Exit status: 2 for bad arguments or a failed data preparation, else the chain's benchmark's.
+# Runs with the repo's sources (PYTHONPATH=src).
 set -u
-WORK=${1:?usage: bash bench/gpu_conv9.sh WORK RETURN [MNIST_PICKLE]}
-RET=${2:?usage: bash bench/gpu_conv9.sh WORK RETURN [MNIST_PICKLE]}
+usage="usage: bash bench/gpu_conv9.sh WORK RETURN [MNIST_PICKLE]"
+[ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }
+if [ -n "${3:-}" ] && [ ! -f "$3" ]; then echo "gpu_conv9.sh: $3: no such file" >&2; exit 2; fi
+WORK=$(realpath -m "$1")
+RET=$(realpath -m "$2")
 PKL=${3:+$(realpath "$3")}
 PY=${PYTHON:-python3}
 DEADLINE_S=${DEADLINE_S:-560}
@@ -24,24 +32,57 @@ DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more benchmark flags, e.g. for a dry run on the CPU: "--epochs 1 --limit-train 256"
 CHAIN_OUT=${CHAIN_OUT:-conv9}  # the chain's folder under WORK
 CHAIN_EXTRA=${CHAIN_EXTRA:-}   # flags for the chain only, e.g. --epochs-for adamatch=20
+case $CHAIN_OUT in */* | "" | .*) echo "gpu_conv9.sh: CHAIN_OUT must be a plain folder name" >&2; exit 2 ;; esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export DALAB_DATA=${DALAB_DATA:-$WORK/data}
 T0=$(date +%s)
 left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
 mkdir -p "$WORK" "$RET"
-cd "$WORK" || exit 1
-DALAB="$PY -m dalab"
+cd "$WORK" || exit 2
+DALAB=("$PY" -m dalab)
 
-pack() {  # small files only; written to a temp name, then renamed
+pack() {  # small files only; written to a temp name of its own, then renamed
+    local tmp="$RET/results.tgz.$BASHPID.tmp"
     find . -path ./data -prune -o -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.log' \
-        -o -name '*.txt' \) -print | tar czf "$RET/results.tgz.tmp" -T - 2>/dev/null
-    mv "$RET/results.tgz.tmp" "$RET/results.tgz"
+        -o -name '*.txt' \) -print | tar czf "$tmp" -T - 2>/dev/null
+    mv "$tmp" "$RET/results.tgz"
+}
+
+run_until_deadline() {  # NAME COMMAND...: runs COMMAND (and its workers) until 15 s before the deadline
+    local name=$1 t budget rc
+    shift
+    budget=$(( $(left) - 15 ))
+    if [ "$budget" -le 0 ]; then
+        echo "$name: not run, $(left) s left" | tee -a stages.txt
+        return 124
+    fi
+    t=$(date +%s)
+    # timeout signals its whole process group, so the benchmark's worker processes stop too
+    timeout -k 10 "$budget" "$@"
+    rc=$?
+    echo "$name: rc $rc, $(( $(date +%s) - t )) s" | tee -a stages.txt
+    return $rc
+}
+
+tar_capped() {  # TAR FILES...: one tar, or one tar per file where one tar would pass 15 MiB
+    local out=$1 f i=0
+    shift
+    [ $# -gt 0 ] || return 0
+    tar cf "$out" "$@"
+    if [ "$(stat -c %s "$out")" -gt $(( 15 * 1024 * 1024 )) ]; then
+        rm -f "$out"
+        for f in "$@"; do
+            tar cf "${out%.tar}-part$i.tar" "$f"
+            i=$(( i + 1 ))
+        done
+        echo "$(basename "$out"): over 15 MiB, split into $i tars" | tee -a stages.txt
+    fi
 }
 
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    $PY -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, \
+    "$PY" -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, \
 'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
     nproc
 } | tee machine.txt
@@ -49,10 +90,20 @@ nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 
 SMI=$!
 (while sleep 30; do pack; done) &
 PACKER=$!
+finish() {
+    kill "$PACKER" "$SMI" 2>/dev/null
+    wait 2>/dev/null
+    pack
+}
 
 echo "== prepare ($(left) s left)"
-timeout 90 $DALAB data prepare ${PKL:+--mnist-pickle "$PKL"} >prepare.log 2>&1 || { tail -5 prepare.log; }
-$PY - <<'EOF' | tee -a machine.txt
+if ! timeout 90 "${DALAB[@]}" data prepare ${PKL:+--mnist-pickle "$PKL"} >prepare.log 2>&1; then
+    echo "gpu_conv9.sh: dalab data prepare failed:" >&2
+    tail -3 prepare.log >&2
+    finish
+    exit 2
+fi
+"$PY" - <<'EOF' | tee -a machine.txt
 import hashlib, os, numpy as np
 with np.load(os.path.join(os.environ["DALAB_DATA"], "mnistm.npz")) as z:
     h = hashlib.sha256(b"".join(z[k].tobytes() for k in sorted(z.files))).hexdigest()
@@ -60,38 +111,42 @@ print("mnistm arrays sha256", h)
 EOF
 
 echo "== conv9 chain ($(left) s left)"
-t=$(date +%s)
-timeout "$(( $(left) - 15 ))" $DALAB benchmark --suite digits-mnistm-conv9 --seeds 3 --device "$DEVICE" --jobs 3 $EXTRA \
-    $CHAIN_EXTRA --methods "adamatch,dirt-t (from adamatch)" --out "$CHAIN_OUT" --quiet >"$CHAIN_OUT.log" 2>&1
-echo "conv9 chain: rc $?, $(( $(date +%s) - t )) s" | tee -a stages.txt
-pkill -f dalab.training.pool 2>/dev/null  # workers of a benchmark cut by timeout
+# shellcheck disable=SC2086  # EXTRA and CHAIN_EXTRA are lists of flags
+run_until_deadline "conv9 chain" "${DALAB[@]}" benchmark --suite digits-mnistm-conv9 --seeds 3 --device "$DEVICE" \
+    --jobs 3 $EXTRA $CHAIN_EXTRA --methods "adamatch,dirt-t (from adamatch)" --out "$CHAIN_OUT" --quiet \
+    >"$CHAIN_OUT.log" 2>&1
+chain_rc=$?
 tail -12 "$CHAIN_OUT.log"
 
 if [ "$(left)" -ge "$REF_NEEDS_S" ]; then
     echo "== reference rows ($(left) s left)"
-    t=$(date +%s)
-    timeout "$(( $(left) - 15 ))" $DALAB benchmark --suite digits-mnistm-conv9 --seeds 3 --device "$DEVICE" --jobs 6 $EXTRA \
-        --methods "source-only,target-only (oracle)" --out conv9-ref --quiet >conv9-ref.log 2>&1
-    echo "reference rows: rc $?, $(( $(date +%s) - t )) s" | tee -a stages.txt
-    pkill -f dalab.training.pool 2>/dev/null
+    # shellcheck disable=SC2086
+    run_until_deadline "reference rows" "${DALAB[@]}" benchmark --suite digits-mnistm-conv9 --seeds 3 \
+        --device "$DEVICE" --jobs 6 $EXTRA --methods "source-only,target-only (oracle)" --out conv9-ref --quiet \
+        >conv9-ref.log 2>&1
     tail -8 conv9-ref.log
 else
     echo "reference rows: not run, $(left) s left (< $REF_NEEDS_S)" | tee -a stages.txt
 fi
 
-kill "$PACKER" "$SMI" 2>/dev/null
-wait 2>/dev/null
-for s in 0 1 2; do  # chain weights, one tar per seed: model.pt of a finished run, else its checkpoint
+finish
+seeds=$(find "$CHAIN_OUT" conv9-ref -mindepth 2 -maxdepth 2 -type d -name 'seed*' 2>/dev/null \
+        | sed 's#.*/seed##' | sort -un)
+for s in $seeds; do  # chain weights, one tar per seed: model.pt of a finished run, else its checkpoint
     files=()
-    for d in "$CHAIN_OUT"/*/seed$s; do
+    for d in "$CHAIN_OUT"/*/seed"$s"; do
         [ -d "$d" ] || continue
         if [ -f "$d/summary.json" ] && [ -f "$d/model.pt" ]; then files+=("$d/model.pt")
         elif [ -f "$d/ckpt.pt" ]; then files+=("$d/ckpt.pt"); fi
     done
-    [ ${#files[@]} -gt 0 ] && tar cf "$RET/weights-seed$s.tar" "${files[@]}"
+    tar_capped "$RET/weights-seed$s.tar" "${files[@]}"
 done
-ref=(conv9-ref/*/seed*/model.pt)  # reference rows: finished runs only (a tar must stay under 16 MiB)
-[ -f "${ref[0]}" ] && tar cf "$RET/weights-ref.tar" "${ref[@]}"
+ref=()  # reference rows: finished runs only
+for d in conv9-ref/*/seed*; do
+    [ -f "$d/summary.json" ] && [ -f "$d/model.pt" ] && ref+=("$d/model.pt")
+done
+tar_capped "$RET/weights-ref.tar" "${ref[@]}"
 pack
 ls -la "$RET"
 echo "== done after $(( $(date +%s) - T0 )) s"
+exit "$chain_rc"

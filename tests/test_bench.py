@@ -126,3 +126,52 @@ def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_pat
     with tarfile.open(ret / "weights-ref.tar") as t:
         assert sorted(t.getnames()) == ["conv9-ref/source-only/seed0/model.pt",
                                         "conv9-ref/target-only-oracle/seed0/model.pt"]
+
+
+def _gpu_conv9(work, ret, data, **env_extra):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DALAB_DATA": str(data), "DEVICE": "cpu", "PYTHON": sys.executable, **env_extra}
+    args = ["bash", str(BENCH / "gpu_conv9.sh")] + ([str(work), str(ret)] if work is not None else [])
+    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_gpu_conv9_script_with_no_time_left_returns_the_checkpoints(tiny_data, tmp_path):
+    """A chain cut before this call (a ckpt.pt and no summary.json) comes back as its checkpoint; a
+    tar that would pass 15 MiB is split; with no time left nothing is started and the exit is 124."""
+    import tarfile
+
+    work, ret = tmp_path / "work", tmp_path / "ret"
+    a, d = work / "c9" / "adamatch" / "seed0", work / "c9" / "dirt-t-from-adamatch" / "seed0"
+    for f in (a, d):
+        f.mkdir(parents=True)
+    (a / "ckpt.pt").write_bytes(b"0" * 10)
+    with open(d / "ckpt.pt", "wb") as fh:
+        fh.truncate(16 * 1024 * 1024)
+    p = _gpu_conv9(work, ret, tiny_data, DEADLINE_S="0", CHAIN_OUT="c9")
+    assert p.returncode == 124, p.stdout[-2000:] + p.stderr[-2000:]
+    stages = (work / "stages.txt").read_text()
+    assert "conv9 chain: not run" in stages and "reference rows: not run" in stages
+    assert "weights-seed0.tar: over 15 MiB, split into 2 tars" in stages
+    assert not (ret / "weights-seed0.tar").exists()
+    with tarfile.open(ret / "weights-seed0-part0.tar") as t0, tarfile.open(ret / "weights-seed0-part1.tar") as t1:
+        assert t0.getnames() + t1.getnames() == ["c9/adamatch/seed0/ckpt.pt", "c9/dirt-t-from-adamatch/seed0/ckpt.pt"]
+    assert (ret / "results.tgz").is_file() and not list(ret.glob("*.tmp"))
+
+
+def test_gpu_conv9_script_rejects_bad_arguments(tiny_data, tmp_path):
+    p = _gpu_conv9(None, None, tiny_data)
+    assert p.returncode == 2 and p.stderr.strip().startswith("usage:")
+    p = _gpu_conv9(tmp_path / "w", tmp_path / "r", tiny_data, CHAIN_OUT="a/b")
+    assert p.returncode == 2 and "CHAIN_OUT must be a plain folder name" in p.stderr
+    import os
+    import subprocess
+    import sys
+
+    q = subprocess.run(["bash", str(BENCH / "gpu_conv9.sh"), str(tmp_path / "w"), str(tmp_path / "r"),
+                        str(tmp_path / "missing.pkl.gz")], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHON": sys.executable})
+    assert q.returncode == 2 and q.stderr.strip() == f"gpu_conv9.sh: {tmp_path / 'missing.pkl.gz'}: no such file"
+    assert not (tmp_path / "w").exists()  # nothing was created before the arguments were checked

@@ -11,8 +11,8 @@ import torch
 from dalab.errors import DalabError
 from dalab.cli.main import main
 from dalab.evaluation.benchmark import aggregate, format_table, run_benchmark
-from dalab.evaluation.selection import (config_of, group_by_config, judge, judge_configs, rank_correlation,
-                                        select_runs)
+from dalab.evaluation.selection import (config_of, config_warnings, group_by_config, judge, judge_configs,
+                                        rank_correlation, select_runs)
 from dalab.evaluation.validators import (VALIDATORS, bnm, compute_validators, dev_risk, importance_weights,
                                          info_max, reverse_validation, snd, source_accuracy, target_entropy)
 
@@ -279,8 +279,9 @@ def test_benchmark_continuation_killed_half_way_is_not_taken_for_finished(tiny_d
 
 def test_configurations_are_chosen_by_their_mean_score_over_seeds():
     """A lucky seed does not win: config b has the best single run but the lower mean."""
-    def row(run, score, acc, seed):
-        return {"run": run, "scores": {"v": score}, "target_test_acc": acc, "seed": seed}
+    def row(run, score, acc, seed, target="mnistm"):
+        return {"run": run, "scores": {"v": score}, "target_test_acc": acc, "seed": seed, "source": "mnist",
+                "target": target}
 
     rows = [row("s/a/seed0", 0.5, 0.90, 0), row("s/a/seed1", 0.5, 0.92, 1),
             row("s/b/seed0", 0.9, 0.95, 0), row("s/b/seed1", 0.0, 0.50, 1),
@@ -296,4 +297,13 @@ def test_configurations_are_chosen_by_their_mean_score_over_seeds():
     assert j["choice"] == "s/a" and math.isclose(j["choice_target_acc"], 0.91)
     assert math.isclose(j["oracle_target_acc"], 0.91)  # the best mean over seeds, not b's lucky 0.95
     assert config_of("x/seed12") == "x" and config_of("x/seedling") == "x/seedling"
+    warn = config_warnings(list(groups.values()))
+    assert len(warn) == 1 and "different seeds" in warn[0] and "one: 1 runs" in warn[0]
+    same = group_by_config(rows[:4], ["v"])
+    assert config_warnings(same) == []
+    # a seed whose accuracy is not finite makes the judging column n/a, as a broken score does
+    broken = group_by_config([row("s/d/seed0", 0.3, 0.9, 0), row("s/d/seed1", 0.3, float("nan"), 1)], ["v"])
+    assert broken[0]["target_test_acc"] is None
+    pairs = group_by_config([row("p/e/seed0", 0.1, 0.5, 0), row("q/e/seed0", 0.1, 0.5, 0, target="syndigits")], ["v"])
+    assert any("2 domain pairs" in w for w in config_warnings(pairs))
     assert config_of("x/seed\u0663") == "x/seed\u0663"  # non-ASCII digits are not a seed folder

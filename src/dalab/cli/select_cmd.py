@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 from ..errors import DalabError
 from ..evaluation.selection import select_runs
@@ -82,10 +83,12 @@ def run_select(args) -> int:
     if "configs" in res:
         print()
         print(f"configurations ranked by mean {key} over their seeds (target acc: mean over the same seeds)")
-        print(f"| rank | {key:>10s} | runs | target acc | configuration")
+        print(f"| rank | {key:>10s} | runs | target acc | configuration")  # 6 decimals: close means must be told apart
         for i, g in enumerate(res["configs"], 1):
-            print(f"| {i:4d} | {g['scores'][key]:10.4f} | {g['runs']:4d} |   {_pct(g['target_test_acc'])}   | "
+            print(f"| {i:4d} | {g['scores'][key]:10.6f} | {g['runs']:4d} |   {_pct(g['target_test_acc'])}   | "
                   f"{g['config']}")
+        for w in res["config_warnings"]:
+            print(f"warning: {w}", file=sys.stderr)
         print()
         _print_report(res["config_report"], "configuration")
     return 0

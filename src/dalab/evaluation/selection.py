@@ -148,8 +148,25 @@ def group_by_config(rows: list[dict], validators) -> list[dict]:
         accs = [r.get("target_test_acc") for r in rs]
         out.append({"config": cfg, "runs": len(rs), "seeds": sorted(r.get("seed") for r in rs
                                                                     if r.get("seed") is not None),
+                    "pairs": sorted({f"{r.get('source')}->{r.get('target')}" for r in rs}),
                     "scores": scores,
-                    "target_test_acc": _mean(accs) if all(a is not None for a in accs) else None})
+                    "target_test_acc": (_mean(accs) if all(a is not None and math.isfinite(a) for a in accs)
+                                        else None)})
+    return out
+
+
+def config_warnings(groups: list[dict]) -> list[str]:
+    """What makes configurations incomparable: other domain pairs, or other seeds."""
+    out = []
+    pairs = sorted({p for g in groups for p in g["pairs"]})
+    if len(pairs) > 1:
+        out.append(f"the configurations span {len(pairs)} domain pairs ({', '.join(pairs)}): their scores are "
+                   "not comparable; point RUNS_DIR at one pair's folder")
+    seed_sets = {tuple(g["seeds"]) for g in groups}
+    if len(seed_sets) > 1:
+        out.append("the configurations were run with different seeds ("
+                   + "; ".join(f"{Path(g['config']).name}: {g['runs']} runs" for g in groups)
+                   + "): a configuration with fewer seeds can win by luck")
     return out
 
 
@@ -177,4 +194,5 @@ def select_runs(root, validators=VALIDATORS, by_config: bool = False, **kwargs) 
         groups.sort(key=lambda g: -g["scores"][key] if math.isfinite(g["scores"][key]) else math.inf)
         res["configs"] = groups
         res["config_report"] = judge_configs(groups, validators)
+        res["config_warnings"] = config_warnings(groups)
     return res
