@@ -67,3 +67,13 @@ def test_version_flag(capsys):
 def test_version_from_the_installed_entry_point():
     r = subprocess.run([sys.executable, "-m", "dalab", "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == f"dalab {dalab.__version__}"
+
+
+def test_package_and_pyproject_versions_agree():
+    import re
+    from pathlib import Path
+
+    import dalab
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == dalab.__version__
