@@ -20,6 +20,8 @@ export DALAB_DATA=${DALAB_DATA:-$WORK/data}
 mkdir -p "$WORK"
 cd "$WORK" || exit 1
 DALAB="$PY -m dalab"
+# shellcheck source=bench/gpu_lib.sh
+. "$REPO/bench/gpu_lib.sh"
 
 pack() {  # small result files only, refreshed after every stage (a later stage may be cut off)
     find . -path ./data -prune -o -type f \( -name '*.json' -o -name '*.jsonl' -o -name '*.md' -o -name '*.log' \
@@ -41,21 +43,10 @@ stage() {  # stage NAME LIMIT_S COMMAND...   (only the stages named in $STAGES, 
     pack
 }
 
-{
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    $PY -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, \
-'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
-    nproc
-} | tee machine.txt
+machine_info | tee machine.txt
 
 stage prepare 45 $DALAB data prepare ${PKL:+--mnist-pickle "$PKL"}
-# the rebuilt MNIST-M must be the same images as on the CPU machine (same seed, same photos)
-$PY - <<'EOF' | tee -a machine.txt
-import hashlib, os, numpy as np
-with np.load(os.path.join(os.environ["DALAB_DATA"], "mnistm.npz")) as z:
-    h = hashlib.sha256(b"".join(z[k].tobytes() for k in sorted(z.files))).hexdigest()
-print("mnistm arrays sha256", h)
-EOF
+mnistm_sha | tee -a machine.txt
 # 1. the whole quick study (48 runs + analyses + report); runs in parallel processes on the one GPU,
 #    one per CPU core: a run at 64 + 64 per step is bound by the host's kernel launches, not the GPU
 stage study 200 $DALAB study --preset quick --device cuda --jobs "$(nproc)" --out study

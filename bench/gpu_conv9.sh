@@ -41,6 +41,8 @@ left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
 mkdir -p "$WORK" "$RET"
 cd "$WORK" || exit 2
 DALAB=("$PY" -m dalab)
+# shellcheck source=bench/gpu_lib.sh
+. "$REPO/bench/gpu_lib.sh"
 
 pack() {  # small files only; written to a temp name of its own, then renamed
     local tmp="$RET/results.tgz.$BASHPID.tmp"
@@ -65,6 +67,8 @@ run_until_deadline() {  # NAME COMMAND...: runs COMMAND (and its workers) until 
     return $rc
 }
 
+finished() { [ -f "$1/summary.json" ] && [ -f "$1/model.pt" ]; }  # a run that ended, with its model
+
 tar_capped() {  # TAR FILES...: one tar, or one tar per file where one tar would pass 15 MiB
     local out=$1 f i=0
     shift
@@ -80,12 +84,7 @@ tar_capped() {  # TAR FILES...: one tar, or one tar per file where one tar would
     fi
 }
 
-{
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-    "$PY" -c "import torch, numpy; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'numpy', numpy.__version__, \
-'gpu', torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)"
-    nproc
-} | tee machine.txt
+machine_info | tee machine.txt
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 15 >smi.log 2>/dev/null &
 SMI=$!
 (while sleep 30; do pack; done) &
@@ -103,12 +102,7 @@ if ! timeout 90 "${DALAB[@]}" data prepare ${PKL:+--mnist-pickle "$PKL"} >prepar
     finish
     exit 2
 fi
-"$PY" - <<'EOF' | tee -a machine.txt
-import hashlib, os, numpy as np
-with np.load(os.path.join(os.environ["DALAB_DATA"], "mnistm.npz")) as z:
-    h = hashlib.sha256(b"".join(z[k].tobytes() for k in sorted(z.files))).hexdigest()
-print("mnistm arrays sha256", h)
-EOF
+mnistm_sha | tee -a machine.txt
 
 echo "== conv9 chain ($(left) s left)"
 # shellcheck disable=SC2086  # EXTRA and CHAIN_EXTRA are lists of flags
@@ -136,14 +130,14 @@ for s in $seeds; do  # chain weights, one tar per seed: model.pt of a finished r
     files=()
     for d in "$CHAIN_OUT"/*/seed"$s"; do
         [ -d "$d" ] || continue
-        if [ -f "$d/summary.json" ] && [ -f "$d/model.pt" ]; then files+=("$d/model.pt")
+        if finished "$d"; then files+=("$d/model.pt")
         elif [ -f "$d/ckpt.pt" ]; then files+=("$d/ckpt.pt"); fi
     done
     tar_capped "$RET/weights-seed$s.tar" "${files[@]}"
 done
 ref=()  # reference rows: finished runs only
 for d in conv9-ref/*/seed*; do
-    [ -f "$d/summary.json" ] && [ -f "$d/model.pt" ] && ref+=("$d/model.pt")
+    finished "$d" && ref+=("$d/model.pt")
 done
 tar_capped "$RET/weights-ref.tar" "${ref[@]}"
 pack

@@ -98,22 +98,30 @@ def test_ops_per_step_conv9_uses_the_suite_settings(tiny_data, monkeypatch):
     assert conv9["aten::convolution"] > small["aten::convolution"]  # nine convolutions per pass, not two
 
 
+def _gpu_conv9(*args, data=None, **env_extra):
+    """bench/gpu_conv9.sh with ARGS, on the CPU (DEVICE=cpu), with DALAB_DATA=data when given."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, **env_extra}
+    if data is not None:
+        env["DALAB_DATA"] = str(data)
+    return subprocess.run(["bash", str(BENCH / "gpu_conv9.sh"), *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
 def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_path):
     """The device script, on the CPU with tiny data: it trains the chain and the reference rows, and
     RETURN gets the small files plus one weights tar per seed (the models of finished runs)."""
     import json
-    import os
     import subprocess
-    import sys
     import tarfile
 
     work, ret = tmp_path / "work", tmp_path / "ret"
-    env = {**os.environ, "DALAB_DATA": str(tiny_data), "DEVICE": "cpu", "PYTHON": sys.executable,
-           "EXTRA": "--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1", "DEADLINE_S": "400", "REF_NEEDS_S": "1",
-           "CHAIN_OUT": "c9", "CHAIN_EXTRA": "--epochs-for adamatch=2"}
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_conv9.sh")]).returncode == 0
-    p = subprocess.run(["bash", str(BENCH / "gpu_conv9.sh"), str(work), str(ret)], env=env,
-                       capture_output=True, text=True, timeout=600)
+    p = _gpu_conv9(work, ret, data=tiny_data, EXTRA="--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1",
+                   DEADLINE_S="400", REF_NEEDS_S="1", CHAIN_OUT="c9", CHAIN_EXTRA="--epochs-for adamatch=2")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "conv9 chain: rc 0" in p.stdout and "reference rows: rc 0" in p.stdout
     assert "Failed or diverged" not in p.stdout and "| 1/1 |" in p.stdout
@@ -128,16 +136,6 @@ def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_pat
                                         "conv9-ref/target-only-oracle/seed0/model.pt"]
 
 
-def _gpu_conv9(work, ret, data, **env_extra):
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "DALAB_DATA": str(data), "DEVICE": "cpu", "PYTHON": sys.executable, **env_extra}
-    args = ["bash", str(BENCH / "gpu_conv9.sh")] + ([str(work), str(ret)] if work is not None else [])
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_gpu_conv9_script_with_no_time_left_returns_the_checkpoints(tiny_data, tmp_path):
     """A chain cut before this call (a ckpt.pt and no summary.json) comes back as its checkpoint; a
     tar that would pass 15 MiB is split; with no time left nothing is started and the exit is 124."""
@@ -150,7 +148,7 @@ def test_gpu_conv9_script_with_no_time_left_returns_the_checkpoints(tiny_data, t
     (a / "ckpt.pt").write_bytes(b"0" * 10)
     with open(d / "ckpt.pt", "wb") as fh:
         fh.truncate(16 * 1024 * 1024)
-    p = _gpu_conv9(work, ret, tiny_data, DEADLINE_S="0", CHAIN_OUT="c9")
+    p = _gpu_conv9(work, ret, data=tiny_data, DEADLINE_S="0", CHAIN_OUT="c9")
     assert p.returncode == 124, p.stdout[-2000:] + p.stderr[-2000:]
     stages = (work / "stages.txt").read_text()
     assert "conv9 chain: not run" in stages and "reference rows: not run" in stages
@@ -162,16 +160,10 @@ def test_gpu_conv9_script_with_no_time_left_returns_the_checkpoints(tiny_data, t
 
 
 def test_gpu_conv9_script_rejects_bad_arguments(tiny_data, tmp_path):
-    p = _gpu_conv9(None, None, tiny_data)
+    p = _gpu_conv9(data=tiny_data)
     assert p.returncode == 2 and p.stderr.strip().startswith("usage:")
-    p = _gpu_conv9(tmp_path / "w", tmp_path / "r", tiny_data, CHAIN_OUT="a/b")
+    p = _gpu_conv9(tmp_path / "w", tmp_path / "r", data=tiny_data, CHAIN_OUT="a/b")
     assert p.returncode == 2 and "CHAIN_OUT must be a plain folder name" in p.stderr
-    import os
-    import subprocess
-    import sys
-
-    q = subprocess.run(["bash", str(BENCH / "gpu_conv9.sh"), str(tmp_path / "w"), str(tmp_path / "r"),
-                        str(tmp_path / "missing.pkl.gz")], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHON": sys.executable})
+    q = _gpu_conv9(tmp_path / "w", tmp_path / "r", tmp_path / "missing.pkl.gz")
     assert q.returncode == 2 and q.stderr.strip() == f"gpu_conv9.sh: {tmp_path / 'missing.pkl.gz'}: no such file"
     assert not (tmp_path / "w").exists()  # nothing was created before the arguments were checked

@@ -126,9 +126,9 @@ def config_of(run: str) -> str:
     return str(p.parent) if name.startswith("seed") and name[4:].isdigit() and name[4:].isascii() else str(p)
 
 
-def _mean(xs: list) -> float | None:
-    xs = [x for x in xs if x is not None and math.isfinite(x)]
-    return sum(xs) / len(xs) if xs else None
+def _finite_mean(xs: list) -> float | None:
+    """The mean, or None when any value is missing or not finite (a broken seed never hides)."""
+    return sum(xs) / len(xs) if xs and all(x is not None and math.isfinite(x) for x in xs) else None
 
 
 def group_by_config(rows: list[dict], validators) -> list[dict]:
@@ -142,16 +142,13 @@ def group_by_config(rows: list[dict], validators) -> list[dict]:
     for cfg, rs in groups.items():
         scores = {}
         for v in validators:
-            vals = [r["scores"][v] for r in rs]
-            scores[v] = (sum(vals) / len(vals) if all(x is not None and math.isfinite(x) for x in vals)
-                         else float("nan"))
-        accs = [r.get("target_test_acc") for r in rs]
+            m = _finite_mean([r["scores"][v] for r in rs])
+            scores[v] = float("nan") if m is None else m
         out.append({"config": cfg, "runs": len(rs), "seeds": sorted(r.get("seed") for r in rs
                                                                     if r.get("seed") is not None),
                     "pairs": sorted({f"{r.get('source')}->{r.get('target')}" for r in rs}),
                     "scores": scores,
-                    "target_test_acc": (_mean(accs) if all(a is not None and math.isfinite(a) for a in accs)
-                                        else None)})
+                    "target_test_acc": _finite_mean([r.get("target_test_acc") for r in rs])})
     return out
 
 
