@@ -3,12 +3,14 @@
 #
 #     bash bench/gpu_conv9.sh WORK RETURN [MNIST_PICKLE]      # e.g. /tmp/g "$OUT" .gpu/mnist.pkl.gz
 #
-# 1. the digits-mnistm-conv9 suite's AdaMatch and DIRT-T-from-AdaMatch rows, 3 seeds, its own 10 epochs,
+# 1. the digits-mnistm-conv9 suite's AdaMatch (20 epochs) and DIRT-T-from-AdaMatch (10 epochs) rows, 3 seeds,
 #    the three seeds in parallel processes on the one card (DIRT-T of a seed starts from that seed's
-#    AdaMatch model.pt);
+#    AdaMatch model.pt). On the H200 that took 545 s + 165 s in two calls: the first is cut at the
+#    deadline and the second continues it (see below);
 # 2. only if enough time is left (estimated, see REF_NEEDS_S): the source-only and oracle rows.
-# CHAIN_OUT and CHAIN_EXTRA run another chain, e.g. a candidate of a label-free sweep:
-#     CHAIN_OUT=conv9-a20 CHAIN_EXTRA="--epochs-for adamatch=20" REF_NEEDS_S=99999 bash bench/gpu_conv9.sh ...
+# CHAIN_OUT and CHAIN_EXTRA run another chain, e.g. a candidate of a label-free sweep (dalab 0.5.0's 10
+# AdaMatch epochs, the setting before the suite's 20):
+#     CHAIN_OUT=conv9-a10 CHAIN_EXTRA="--epochs-for adamatch=10" REF_NEEDS_S=99999 bash bench/gpu_conv9.sh ...
 # Everything is cut at DEADLINE_S seconds after the start, so the files come back even when the runs
 # do not finish. RETURN receives results.tgz (summaries, metrics, tables, logs) and one tar of weights
 # per seed: model.pt of each finished run, ckpt.pt of an unfinished one. To continue a cut chain on
@@ -31,7 +33,7 @@ REF_NEEDS_S=${REF_NEEDS_S:-180}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more benchmark flags, e.g. for a dry run on the CPU: "--epochs 1 --limit-train 256"
 CHAIN_OUT=${CHAIN_OUT:-conv9}  # the chain's folder under WORK
-CHAIN_EXTRA=${CHAIN_EXTRA:-}   # flags for the chain only, e.g. --epochs-for adamatch=20
+CHAIN_EXTRA=${CHAIN_EXTRA:-}   # flags for the chain only, e.g. --epochs-for adamatch=10
 case $CHAIN_OUT in */* | "" | .*) echo "gpu_conv9.sh: CHAIN_OUT must be a plain folder name" >&2; exit 2 ;; esac
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1

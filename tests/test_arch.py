@@ -135,6 +135,8 @@ def test_conv9_suite_configs_are_valid():
         # Shu et al.'s settings, as published
         assert (cfg.arch, cfg.optimizer, cfg.adam_beta1, cfg.lr_schedule, cfg.ema_decay) == (
             "conv9", "adam", 0.5, "constant", 0.998)
+        # AdaMatch's 20 epochs were chosen by label-free validators (BNM, info-max); the rest keep the default 10
+        assert cfg.epochs == (20 if e.method == "adamatch" else 10), e.key
 
 
 def test_adam_beta1_reaches_the_optimiser_and_is_checked(tiny_data):
@@ -179,3 +181,7 @@ def test_every_warm_start_names_an_earlier_entry_and_gets_its_own_folder(tmp_pat
     cfg, _ = _run_config(e, ("mnist", "mnistm"), 2, tmp_path, {"epochs": 3})
     assert cfg["init_from"] == str(tmp_path / "adamatch" / "seed2" / "model.pt") and cfg["epochs"] == 3
     assert _run_dir(tmp_path, e.key, 2) == tmp_path / "dirt-t-from-adamatch" / "seed2"
+    # an entry's own epochs (conv9's AdaMatch: 20) are its default; --epochs given to the benchmark wins
+    a = next(e for e in SUITES["digits-mnistm-conv9"]["entries"] if e.key == "adamatch")
+    assert _run_config(a, ("mnist", "mnistm"), 0, tmp_path, {})[0]["epochs"] == 20
+    assert _run_config(a, ("mnist", "mnistm"), 0, tmp_path, {"epochs": 3})[0]["epochs"] == 3

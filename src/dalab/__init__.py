@@ -35,7 +35,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 # public name -> (module, attribute); imported on first access (PEP 562)
 _EXPORTS: dict[str, tuple[str, str]] = {
