@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from dalab.errors import DalabError
+from dalab.data.io import sha256_file
 from dalab.cli.main import main
 from dalab.evaluation.benchmark import aggregate, format_table, run_benchmark
 from dalab.evaluation.selection import (config_of, config_warnings, group_by_config, judge, judge_configs,
@@ -245,6 +246,57 @@ def test_benchmark_continues_a_finished_run_asked_for_more_epochs(tiny_data, tmp
         assert "METHOD=N" in capsys.readouterr().err
     assert main(args + ["--epochs-for", "dann=2", "--epochs-for", "dann=3"]) == 2
     assert "'dann' is given twice" in capsys.readouterr().err
+
+
+def test_benchmark_refuses_a_warm_started_run_whose_parent_changed(tiny_data, tmp_path):
+    """dann-pl starts from dann's model.pt: once dann is trained for longer, the old dann-pl no longer follows."""
+    logs: list[str] = []
+    common = dict(seeds=1, limit_train=128, limit_eval=64, data_dir=str(tiny_data), precision="fp32",
+                  progress=False, log=logs.append, methods=["dann", "dann-pl"])
+    run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)
+    dann, pl = tmp_path / "dann" / "seed0", tmp_path / "dann-pl" / "seed0"
+    s = json.loads((pl / "summary.json").read_text())
+    assert s["init_from_sha256"] == sha256_file(dann / "model.pt")  # recorded by the trainer
+    before = (pl / "summary.json").read_text()
+    assert [r["runs_ok"] for r in run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)["rows"]] == [1, 1]
+    for jobs in (1, 2):  # dann is continued to 2 epochs (first pass); the old dann-pl is refused, not reused
+        rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2}, jobs=jobs,
+                             **common)["rows"]
+        assert [r["runs_ok"] for r in rows] == [1, 0]
+        assert "started from an earlier version of" in rows[1]["failures"][0]
+        assert "move it away" in rows[1]["failures"][0]
+        assert (pl / "summary.json").read_text() == before  # left as it was
+    # a run of dalab < 0.6.0 recorded no sha256: reused, with a note, when its parent was continued
+    legacy = json.loads(before)
+    del legacy["init_from_sha256"]
+    (pl / "summary.json").write_text(json.dumps(legacy))
+    logs.clear()
+    rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2}, **common)["rows"]
+    assert [r["runs_ok"] for r in rows] == [1, 1]
+    assert any("dann-pl" in line and "cannot check that it started from the current" in line for line in logs)
+    table = (tmp_path / "benchmark.md").read_text()
+    assert "Reused with a caveat:\n- dann-pl, seed 0: cannot check" in table
+
+
+def test_a_resumed_warm_start_keeps_the_sha256_of_the_weights_it_started_from(tiny_data, tmp_path):
+    from dalab.training import Trainer, TrainConfig
+
+    base = dict(epochs=1, batch_size=16, limit_train=64, limit_eval=32, data_dir=str(tiny_data),
+                precision="fp32", device="cpu")
+    Trainer(TrainConfig(method="source-only", **base), tmp_path / "parent", progress=False).fit()
+    parent = tmp_path / "parent" / "model.pt"
+    first = sha256_file(parent)
+    child_cfg = TrainConfig(method="dann", init_from=str(parent), **base)
+    Trainer(child_cfg, tmp_path / "child", progress=False).fit()
+    assert json.loads((tmp_path / "child" / "summary.json").read_text())["init_from_sha256"] == first
+    Trainer(TrainConfig(method="source-only", **{**base, "epochs": 2}), tmp_path / "parent", progress=False,
+            resume=True).fit()
+    assert sha256_file(parent) != first  # the parent moved on
+    Trainer(TrainConfig(method="dann", init_from=str(parent), **{**base, "epochs": 2}), tmp_path / "child",
+            progress=False, resume=True).fit()
+    # the continued child's weights still descend from the first parent: that is what it records
+    assert json.loads((tmp_path / "child" / "summary.json").read_text())["init_from_sha256"] == first
+    assert json.loads((tmp_path / "child" / "summary.json").read_text())["epochs_done"] == 2
 
 
 class _Killed(BaseException):

@@ -20,7 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..data.io import atomic_write_json, atomic_write_text
+from ..data.io import atomic_write_json, atomic_write_text, sha256_file
 from ..errors import DalabError
 from ..methods import METHODS
 from ..training import TrainConfig, Trainer
@@ -189,17 +189,48 @@ def _stale_failure(entry: SuiteEntry, seed: int, run_dir: Path, diff: list[str])
                                        "move it away or use another --out")
 
 
+def parent_changed(summary: dict, cfg: dict) -> str:
+    """Why a finished warm-started run no longer follows from its parent's current ``model.pt`` ('' if it does).
+
+    The run recorded the sha256 of the file it started from (dalab >= 0.6.0). A parent trained for longer
+    since, e.g. after ``--epochs-for PARENT=N`` or a suite's new default, has other weights, and the
+    child's numbers would be reported under the new parent's name.
+    """
+    init, recorded = cfg.get("init_from"), summary.get("init_from_sha256")
+    if not init or not recorded or not Path(init).is_file() or sha256_file(init) == recorded:
+        return ""
+    return f"it started from an earlier version of {init} (that run has changed since)"
+
+
+def _legacy_note(summary: dict, cfg: dict) -> str:
+    """A warning for a warm-started run of dalab < 0.6.0 (no sha256 recorded) whose parent was continued."""
+    init = cfg.get("init_from")
+    if not init or "init_from_sha256" in summary:
+        return ""
+    parent = Path(init).parent / "summary.json"
+    if parent.is_file() and json.loads(parent.read_text()).get("epochs_changed_from"):
+        return (f"cannot check that it started from the current {init}: that run was trained for longer at some "
+                "point, and this run predates dalab 0.6.0, which records the start's sha256")
+    return ""
+
+
 def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, common: dict, progress: bool) -> dict:
     run_dir = _run_dir(out, entry.key, seed)
     summ = run_dir / "summary.json"
     cfg, missing = _run_config(entry, pair, seed, out, common)
     if summ.is_file():
         s = json.loads(summ.read_text())
+        why = parent_changed(s, cfg) if cfg is not None else ""
+        if why:
+            return _failed(entry.method, seed, f"{run_dir} holds a run that {why}: move it away or use another --out")
         diff = stale_settings(s, cfg) if cfg is not None else []
         if diff and not _extendable(s, cfg, run_dir):
             return _stale_failure(entry, seed, run_dir, diff)  # e.g. an older dalab's run with other defaults
         if not diff:
             s["reused"] = True
+            note = _legacy_note(s, cfg) if cfg is not None else ""
+            if note:
+                s["note"] = note
             return s
         # the same run asked for more epochs: continue it from its last checkpoint (Trainer's resume)
     if cfg is None:
@@ -255,6 +286,9 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
                                 if ok else None),
                      "failures": [f"seed {r.get('seed')}: {r.get('status')}: {r.get('failure')}"
                                   for r in runs if r.get("status") != "completed"]})
+        notes = [f"seed {r.get('seed')}: {r['note']}" for r in ok if r.get("note")]  # e.g. a legacy warm start
+        if notes:
+            rows[-1]["notes"] = notes
     return rows
 
 
@@ -278,9 +312,13 @@ def format_table(rows: list[dict], suite_name: str) -> str:
 
 
 def _with_footer(lines: list[str], rows: list[dict], fails: list[str], note: str) -> str:
-    """The table ``lines``, then the failed runs, the protocol ``note`` and the hardware of the runs."""
+    """The table ``lines``, then the failed runs, runs reused with a caveat, the protocol ``note`` and the
+    hardware of the runs."""
     if fails:
         lines = lines + ["", "Failed or diverged runs:", *fails]
+    caveats = [f"- {r['method']}, {n}" for r in rows for n in r.get("notes", [])]
+    if caveats:
+        lines = lines + ["", "Reused with a caveat:", *caveats]
     lines = lines + ["", note]
     devices = sorted({r["device"] for r in rows if r.get("device")})
     if devices:
@@ -362,7 +400,9 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
                     for seed in range(seeds):
                         cfg, _ = _run_config(e, pair, seed, pout, per_entry[e.key])
                         run_dir = _run_dir(pout, e.key, seed)
-                        if cfg is None or ((run_dir / "summary.json").is_file() and not _to_continue(run_dir, cfg)):
+                        if cfg is None or ((run_dir / "summary.json").is_file() and (
+                                not _to_continue(run_dir, cfg)
+                                or parent_changed(json.loads((run_dir / "summary.json").read_text()), cfg))):
                             continue  # run_one below records the missing parent, or reuses / refuses the run
                         label = f"{pair[0]}->{pair[1]} {e.key} seed {seed}"
                         labels[label] = (pair, e.key, seed)
@@ -379,6 +419,7 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
                 where = f"{pair[0]}->{pair[1]} " if "pairs" in spec else ""
                 log(f"{where}{e.key:13s} seed {seed}: {s.get('status')}"
                     + (" (reused)" if s.get("reused") else "")
+                    + (f" [note: {s['note']}]" if s.get("note") else "")
                     + (f"  target {100 * acc:.2f}%" if acc is not None else f"  ({s.get('failure')})"))
                 results.setdefault((pair, e.key), []).append(s)
     if "pairs" in spec:

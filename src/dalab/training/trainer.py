@@ -27,7 +27,7 @@ import torch
 from .. import __version__
 from ..data import load_domain
 from ..data.folder import check_pair
-from ..data.io import atomic_write_json, atomic_write_text
+from ..data.io import atomic_write_json, atomic_write_text, sha256_file
 from ..errors import DalabError, TrainingFailure
 from ..methods import Batch, Method, check_method_args, make_method
 from ..models.batchnorm import calibrate_bn, domain_bns, has_batch_norm
@@ -114,6 +114,9 @@ class Trainer:
         # disk, and a user's own network replaces the default DANNNet; same loop either way.
         self.data = data
         self.user_model = model
+        # sha256 of the --init-from file the run started from: recorded so that a benchmark can tell when
+        # that parent run has since changed (e.g. was trained for longer) and this run no longer follows from it
+        self._init_sha256: str | None = None
         self.model: torch.nn.Module | None = None  # the trained network, set by fit()
         self.device = resolve_device(config.device)
         self.dist = env_dist_info()  # world size 1 unless launched by torchrun
@@ -200,6 +203,7 @@ class Trainer:
         if cfg.init_from:
             from .checkpoint import load_model
 
+            self._init_sha256 = sha256_file(cfg.init_from)
             init, _ = load_model(cfg.init_from, self.device)
             try:
                 model.load_state_dict(init.state_dict())
@@ -305,6 +309,8 @@ class Trainer:
             opt.load_state_dict(resume_ck["optimizer"])
             _set_rng_state(resume_ck["rng"], gen)
             start_epoch = int(resume_ck["epoch"])
+            # the weights come from the checkpoint: the warm start is the one it recorded (none before 0.6.0)
+            self._init_sha256 = resume_ck.get("init_from_sha256")
             train_seconds = float(resume_ck["train_seconds"])
             history = [json.loads(s) for s in resume_ck["history"]]
             # a run resumed with another --epochs than it was planned for (usually more): say so (a schedule over the
@@ -415,6 +421,7 @@ class Trainer:
                      "optimizer": opt.state_dict(),
                      "rng": _rng_state(gen), "train_seconds": train_seconds,
                      "history": [json.dumps(r) for r in history], "epochs_changed_from": self._epochs_changed_from,
+                     **({"init_from_sha256": self._init_sha256} if self._init_sha256 else {}),
                      **({"ema": ema.model.state_dict(), "ema_updates": ema.updates} if ema else {})},
                     self.out / "ckpt.pt")
 
@@ -441,6 +448,8 @@ class Trainer:
             "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,
             "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
+        if cfg.init_from:
+            s["init_from_sha256"] = self._init_sha256  # None: resumed from a checkpoint of dalab < 0.6.0
         if self._epochs_changed_from:  # set by fit() before every summary
             s["epochs_changed_from"] = list(self._epochs_changed_from)
         if failure:
