@@ -359,3 +359,16 @@ def test_configurations_are_chosen_by_their_mean_score_over_seeds():
     pairs = group_by_config([row("p/e/seed0", 0.1, 0.5, 0), row("q/e/seed0", 0.1, 0.5, 0, target="syndigits")], ["v"])
     assert any("2 domain pairs" in w for w in config_warnings(pairs))
     assert config_of("x/seed\u0663") == "x/seed\u0663"  # non-ASCII digits are not a seed folder
+
+
+def test_benchmark_table_says_which_row_used_target_labels():
+    def run(method, seed, acc):
+        return {"method": method, "seed": seed, "status": "completed", "source_test_acc": 0.99,
+                "target_test_acc": acc, "train_seconds": 1.0, "epochs_done": 10}
+
+    rows = aggregate({"dann": [run("dann", 0, 0.8)], "target-only (oracle)": [run("target-only", 0, 0.97)]}, 1)
+    assert [r.get("uses_target_labels", False) for r in rows] == [False, True]
+    table = format_table(rows, "digits-mnistm")
+    assert "no target label used for training, tuning or model choice, except target-only (oracle), trained " \
+           "on the target labels" in table
+    assert "except" not in format_table(rows[:1], "digits-mnistm")  # no oracle row, no exception to state
