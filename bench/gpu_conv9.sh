@@ -17,6 +17,8 @@
 # another machine, unpack results.tgz and the weights tars into a fresh WORK and run this again
 # (`dalab benchmark` resumes each unfinished run from its ckpt.pt). A tar that would pass 15 MiB (the
 # device tool returns files of at most 16 MiB) is split into one tar per run.
+# CHAIN_METHODS (default "adamatch,dirt-t (from adamatch)") and CHAIN_JOBS (default 3, one process per run)
+# run other rows of the suite in the chain's place, e.g. CHAIN_METHODS="dann,cdan,fixmatch" CHAIN_JOBS=9.
 # EXTRA and CHAIN_EXTRA are split on spaces (no quoting inside them); CHAIN_OUT is a plain folder name.
 # Exit status: 2 for bad arguments or a failed data preparation, else the chain's benchmark's.
 # Runs with the repo's sources (PYTHONPATH=src).
@@ -34,7 +36,11 @@ DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more benchmark flags, e.g. for a dry run on the CPU: "--epochs 1 --limit-train 256"
 CHAIN_OUT=${CHAIN_OUT:-conv9}  # the chain's folder under WORK
 CHAIN_EXTRA=${CHAIN_EXTRA:-}   # flags for the chain only, e.g. --epochs-for adamatch=10
+CHAIN_METHODS=${CHAIN_METHODS-adamatch,dirt-t (from adamatch)}  # the suite's rows the chain trains
+CHAIN_JOBS=${CHAIN_JOBS-3}    # processes at once on the card
 case $CHAIN_OUT in */* | "" | .*) echo "gpu_conv9.sh: CHAIN_OUT must be a plain folder name" >&2; exit 2 ;; esac
+case $CHAIN_JOBS in "" | *[!0-9]* | 0*) echo "gpu_conv9.sh: CHAIN_JOBS must be a positive integer" >&2; exit 2 ;; esac
+[ -n "$CHAIN_METHODS" ] || { echo "gpu_conv9.sh: CHAIN_METHODS is empty" >&2; exit 2; }
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export DALAB_DATA=${DALAB_DATA:-$WORK/data}
@@ -109,7 +115,7 @@ mnistm_sha | tee -a machine.txt
 echo "== conv9 chain ($(left) s left)"
 # shellcheck disable=SC2086  # EXTRA and CHAIN_EXTRA are lists of flags
 run_until_deadline "conv9 chain" "${DALAB[@]}" benchmark --suite digits-mnistm-conv9 --seeds 3 --device "$DEVICE" \
-    --jobs 3 $EXTRA $CHAIN_EXTRA --methods "adamatch,dirt-t (from adamatch)" --out "$CHAIN_OUT" --quiet \
+    --jobs "$CHAIN_JOBS" $EXTRA $CHAIN_EXTRA --methods "$CHAIN_METHODS" --out "$CHAIN_OUT" --quiet \
     >"$CHAIN_OUT.log" 2>&1
 chain_rc=$?
 tail -12 "$CHAIN_OUT.log"

@@ -136,6 +136,20 @@ def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_pat
                                         "conv9-ref/target-only-oracle/seed0/model.pt"]
 
 
+def test_gpu_conv9_script_runs_other_rows_of_the_suite(tiny_data, tmp_path):
+    """CHAIN_METHODS and CHAIN_JOBS put other suite rows in the chain's place; their weights come back."""
+    import tarfile
+
+    work, ret = tmp_path / "work", tmp_path / "ret"
+    p = _gpu_conv9(work, ret, data=tiny_data, EXTRA="--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1",
+                   DEADLINE_S="400", REF_NEEDS_S="99999", CHAIN_OUT="rest", CHAIN_METHODS="dann", CHAIN_JOBS="2")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "| dann |" in p.stdout and "| adamatch |" not in p.stdout
+    with tarfile.open(ret / "weights-seed0.tar") as t:
+        assert t.getnames() == ["rest/dann/seed0/model.pt"]
+    assert not (work / "conv9-ref").exists()  # REF_NEEDS_S above the deadline: no reference rows
+
+
 def test_gpu_conv9_script_with_no_time_left_returns_the_checkpoints(tiny_data, tmp_path):
     """A chain cut before this call (a ckpt.pt and no summary.json) comes back as its checkpoint; a
     tar that would pass 15 MiB is split; with no time left nothing is started and the exit is 124."""
@@ -164,6 +178,11 @@ def test_gpu_conv9_script_rejects_bad_arguments(tiny_data, tmp_path):
     assert p.returncode == 2 and p.stderr.strip().startswith("usage:")
     p = _gpu_conv9(tmp_path / "w", tmp_path / "r", data=tiny_data, CHAIN_OUT="a/b")
     assert p.returncode == 2 and "CHAIN_OUT must be a plain folder name" in p.stderr
+    for bad in ("0", "x", "-1", ""):
+        p = _gpu_conv9(tmp_path / "w", tmp_path / "r", data=tiny_data, CHAIN_JOBS=bad)
+        assert p.returncode == 2 and "CHAIN_JOBS must be a positive integer" in p.stderr, bad
+    p = _gpu_conv9(tmp_path / "w", tmp_path / "r", data=tiny_data, CHAIN_METHODS="")
+    assert p.returncode == 2 and "CHAIN_METHODS is empty" in p.stderr
     q = _gpu_conv9(tmp_path / "w", tmp_path / "r", tmp_path / "missing.pkl.gz")
     assert q.returncode == 2 and q.stderr.strip() == f"gpu_conv9.sh: {tmp_path / 'missing.pkl.gz'}: no such file"
     assert not (tmp_path / "w").exists()  # nothing was created before the arguments were checked
