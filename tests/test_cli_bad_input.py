@@ -118,6 +118,8 @@ CASES = [
     ("existing-run-without-overwrite", TRAIN + ["--out", "prev"], 2, "--overwrite"),
     ("resume-truncated-checkpoint", TRAIN + ["--out", "resume_bad", "--resume"], 2, "resume_bad/ckpt.pt"),
     ("resume-with-other-settings", TRAIN + ["--out", "prev", "--resume", "--lr", "0.5"], 2, "other settings"),
+    ("init-from-missing", TRAIN + NEW + ["--init-from", "no_such/model.pt"], 2, "no_such/model.pt"),
+    ("init-from-truncated", TRAIN + NEW + ["--init-from", "trunc.pt"], 2, "trunc.pt"),
     ("corrupt-cache", TRAIN + NEW + ["--data-dir", "corrupt_data"], 2, "corrupt_data/mnist.npz"),
     ("cache-not-prepared", TRAIN + NEW + ["--data-dir", "empty_data"], 2, "dalab data prepare"),
     ("folder-domain-without-images", TRAIN + NEW + ["--target", "folder:folder_empty"], 2, "folder_empty"),

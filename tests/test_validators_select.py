@@ -233,6 +233,7 @@ def test_benchmark_continues_a_finished_run_asked_for_more_epochs(tiny_data, tmp
     assert (dann / "summary.json").read_text() == dann_summary  # the other entry is reused untouched
     assert [r["epochs"] for r in res["rows"]] == [[2], [1]]
     assert "| source-only |" in res["table"] and "| 1/1 | 2 | last epoch |" in res["table"]
+    assert "Runs with a caveat:\n- source-only, seed 0: continued from 1 to 2 epochs" in res["table"]
     assert json.loads((tmp_path / "benchmark.json").read_text())["epochs_for"] == {"source-only": 2}
     # asked for fewer epochs than a run has: refused as another setting, never cut or overwritten
     (r, _) = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)["rows"]
@@ -250,32 +251,53 @@ def test_benchmark_continues_a_finished_run_asked_for_more_epochs(tiny_data, tmp
 
 def test_benchmark_refuses_a_warm_started_run_whose_parent_changed(tiny_data, tmp_path):
     """dann-pl starts from dann's model.pt: once dann is trained for longer, the old dann-pl no longer follows."""
-    logs: list[str] = []
     common = dict(seeds=1, limit_train=128, limit_eval=64, data_dir=str(tiny_data), precision="fp32",
-                  progress=False, log=logs.append, methods=["dann", "dann-pl"])
+                  progress=False, log=lambda *_: None, methods=["dann", "dann-pl"])
     run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)
     dann, pl = tmp_path / "dann" / "seed0", tmp_path / "dann-pl" / "seed0"
     s = json.loads((pl / "summary.json").read_text())
     assert s["init_from_sha256"] == sha256_file(dann / "model.pt")  # recorded by the trainer
     before = (pl / "summary.json").read_text()
     assert [r["runs_ok"] for r in run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)["rows"]] == [1, 1]
-    for jobs in (1, 2):  # dann is continued to 2 epochs (first pass); the old dann-pl is refused, not reused
-        rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2}, jobs=jobs,
-                             **common)["rows"]
-        assert [r["runs_ok"] for r in rows] == [1, 0]
-        assert "started from an earlier version of" in rows[1]["failures"][0]
-        assert "move it away" in rows[1]["failures"][0]
-        assert (pl / "summary.json").read_text() == before  # left as it was
-    # a run of dalab < 0.6.0 recorded no sha256: reused, with a note, when its parent was continued
-    legacy = json.loads(before)
-    del legacy["init_from_sha256"]
-    (pl / "summary.json").write_text(json.dumps(legacy))
-    logs.clear()
+    rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2}, **common)["rows"]
+    assert [r["runs_ok"] for r in rows] == [1, 0]  # dann continued to 2 epochs; the old dann-pl refused
+    assert "started from an earlier version of" in rows[1]["failures"][0] and "move it away" in rows[1]["failures"][0]
+    assert (pl / "summary.json").read_text() == before  # left as it was
+    # recorded as null (resumed from a checkpoint of dalab < 0.6.0) or not at all (a run of dalab < 0.6.0):
+    # refused, since its parent was trained for longer at some point and it cannot show which version it saw
+    for legacy in ({**s, "init_from_sha256": None}, {k: v for k, v in s.items() if k != "init_from_sha256"}):
+        (pl / "summary.json").write_text(json.dumps(legacy))
+        for jobs in (1, 2):
+            rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2}, jobs=jobs,
+                                 **common)["rows"]
+            assert [r["runs_ok"] for r in rows] == [1, 0]
+            assert "cannot show that it started from the current" in rows[1]["failures"][0]
+    # ... but reused when its parent was never continued
+    d = json.loads((dann / "summary.json").read_text())
+    del d["epochs_changed_from"]
+    (dann / "summary.json").write_text(json.dumps(d))
     rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2}, **common)["rows"]
     assert [r["runs_ok"] for r in rows] == [1, 1]
-    assert any("dann-pl" in line and "cannot check that it started from the current" in line for line in logs)
-    table = (tmp_path / "benchmark.md").read_text()
-    assert "Reused with a caveat:\n- dann-pl, seed 0: cannot check" in table
+
+
+def test_benchmark_does_not_continue_a_warm_started_run_whose_parent_changed(tiny_data, tmp_path):
+    """Asked for more epochs of both, in parallel: the parent is continued first, and the child, finished or
+    cut (a ckpt.pt only), is not continued from the old parent's weights; its files stay as they were."""
+    common = dict(seeds=1, limit_train=128, limit_eval=64, data_dir=str(tiny_data), precision="fp32",
+                  progress=False, log=lambda *_: None, methods=["dann", "dann-pl"], jobs=2)
+    run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)
+    pl = tmp_path / "dann-pl" / "seed0"
+    files = {f: (pl / f).read_bytes() for f in ("summary.json", "ckpt.pt")}
+    rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2, "dann-pl": 2},
+                         **common)["rows"]
+    assert [r["runs_ok"] for r in rows] == [1, 0] and "earlier version" in rows[1]["failures"][0]
+    assert {f: (pl / f).read_bytes() for f in files} == files
+    for f in ("summary.json", "model.pt"):  # as if cut before its end: only the checkpoint is left
+        (pl / f).unlink()
+    for jobs in (1, 2):
+        rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **{**common, "jobs": jobs})["rows"]
+        assert rows[1]["runs_ok"] == 0 and "earlier version" in rows[1]["failures"][0]
+        assert (pl / "ckpt.pt").read_bytes() == files["ckpt.pt"] and not (pl / "summary.json").exists()
 
 
 def test_a_resumed_warm_start_keeps_the_sha256_of_the_weights_it_started_from(tiny_data, tmp_path):
@@ -372,3 +394,17 @@ def test_benchmark_table_says_which_row_used_target_labels():
     assert "no target label used for training, tuning or model choice, except target-only (oracle), trained " \
            "on the target labels" in table
     assert "except" not in format_table(rows[:1], "digits-mnistm")  # no oracle row, no exception to state
+
+
+def test_select_never_offers_a_model_trained_on_target_labels(tiny_data, tmp_path, capsys):
+    out = tmp_path / "bench"
+    run_benchmark("digits-mnistm", out=out, methods=["source-only", "target-only (oracle)"], seeds=1, epochs=1,
+                  limit_train=128, limit_eval=64, data_dir=str(tiny_data), precision="fp32", progress=False,
+                  log=lambda *_: None)
+    sel = select_runs(out, ["bnm"], data_dir=str(tiny_data), limit=64)
+    assert [Path(r["run"]).parent.name for r in sel["rows"]] == ["source-only"]
+    assert sel["skipped_target_label_runs"] == [str(out / "target-only-oracle" / "seed0")]
+    assert main(["select", str(out), "--validator", "bnm", "--data-dir", str(tiny_data), "--limit", "64"]) == 0
+    assert "not candidates: 1 runs trained on target labels (oracle)" in capsys.readouterr().out
+    assert main(["select", str(out / "target-only-oracle"), "--validator", "bnm", "--data-dir", str(tiny_data)]) == 2
+    assert "trained on target labels" in capsys.readouterr().err

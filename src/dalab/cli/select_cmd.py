@@ -74,6 +74,9 @@ def run_select(args) -> int:
         print_json(res)
         return 0
     key = res["ranked_by"]
+    if res["skipped_target_label_runs"]:
+        print(f"not candidates: {len(res['skipped_target_label_runs'])} runs trained on target labels (oracle): "
+              + ", ".join(res["skipped_target_label_runs"]))
     print(f"ranking by {key} (higher is better; target acc = oracle, not used to rank)")
     print(f"| rank | {key:>10s} | target acc | run")
     for i, r in enumerate(res["rows"], 1):

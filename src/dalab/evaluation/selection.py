@@ -24,6 +24,7 @@ import torch
 
 from ..data import load_domain
 from ..errors import DalabError
+from ..methods import METHODS
 from ..models.batchnorm import bn_domain
 from ..models.inference import extract_features
 from ..training import load_model
@@ -60,9 +61,13 @@ def _outputs(model, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.T
 
 def score_candidate(path: Path, validators, *, data_dir=None, target_split: str = "val",
                     limit: int | None = 2000, device="cpu", cache: dict | None = None,
-                    seed: int = 0) -> dict:
+                    seed: int = 0) -> dict | None:
+    """The validators' scores of one ``model.pt``; None for a model trained on target labels (the oracle),
+    which is never a candidate of a label-free choice."""
     cache = {} if cache is None else cache
     model, config = load_model(path, device)
+    if getattr(METHODS.get(config.get("method")), "uses_target_labels", False):
+        return None
     source, target = config.get("source", "mnist"), config.get("target", "mnistm")
     xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
     xs, _ = _split_tensors(cache, source, "train", data_dir, limit, device)
@@ -182,10 +187,20 @@ def select_runs(root, validators=VALIDATORS, by_config: bool = False, **kwargs) 
     if bad:
         raise DalabError(f"unknown validator {bad[0]!r} (known: {', '.join(VALIDATORS)})")
     cache: dict = {}
-    rows = [score_candidate(p, validators, cache=cache, **kwargs) for p in find_candidates(root)]
+    rows, skipped = [], []
+    for p in find_candidates(root):
+        row = score_candidate(p, validators, cache=cache, **kwargs)
+        if row is None:
+            skipped.append(str(p.parent))
+        else:
+            rows.append(row)
+    if not rows:
+        raise DalabError(f"{root}: every model.pt there was trained on target labels (an oracle), so there is "
+                         "nothing to choose from without them")
     key = validators[0]
     rows.sort(key=lambda r: -r["scores"][key] if math.isfinite(r["scores"][key]) else math.inf)
-    res = {"validators": list(validators), "ranked_by": key, "rows": rows, "report": judge(rows, validators)}
+    res = {"validators": list(validators), "ranked_by": key, "rows": rows, "report": judge(rows, validators),
+           "skipped_target_label_runs": skipped}
     if by_config:
         groups = group_by_config(rows, validators)
         groups.sort(key=lambda g: -g["scores"][key] if math.isfinite(g["scores"][key]) else math.inf)

@@ -203,8 +203,8 @@ class Trainer:
         if cfg.init_from:
             from .checkpoint import load_model
 
+            init, _ = load_model(cfg.init_from, self.device)  # a missing or bad file: one clear error
             self._init_sha256 = sha256_file(cfg.init_from)
-            init, _ = load_model(cfg.init_from, self.device)
             try:
                 model.load_state_dict(init.state_dict())
             except RuntimeError:
