@@ -173,6 +173,9 @@ def test_every_warm_start_names_an_earlier_entry_and_gets_its_own_folder(tmp_pat
         for i, e in enumerate(suite["entries"]):
             if e.init_from_method:
                 assert e.init_from_method in keys[:i], (name, e.key)
+                # one level only: `--jobs` trains every parent in a first phase, every child in a second
+                parent = next(p for p in suite["entries"] if p.key == e.init_from_method)
+                assert parent.init_from_method is None, (name, e.key)
     e = next(e for e in SUITES["digits-mnistm-conv9"]["entries"] if e.key == "dirt-t (from adamatch)")
     cfg, why = _run_config(e, ("mnist", "mnistm"), 2, tmp_path, {})
     assert cfg is None and "adamatch run for seed 2" in why

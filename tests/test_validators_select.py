@@ -233,7 +233,7 @@ def test_benchmark_continues_a_finished_run_asked_for_more_epochs(tiny_data, tmp
     assert (dann / "summary.json").read_text() == dann_summary  # the other entry is reused untouched
     assert [r["epochs"] for r in res["rows"]] == [[2], [1]]
     assert "| source-only |" in res["table"] and "| 1/1 | 2 | last epoch |" in res["table"]
-    assert "Runs with a caveat:\n- source-only, seed 0: continued from 1 to 2 epochs" in res["table"]
+    assert "Runs with a caveat:\n- source-only, seed 0: trained to 2 epochs after a plan of 1;" in res["table"]
     assert json.loads((tmp_path / "benchmark.json").read_text())["epochs_for"] == {"source-only": 2}
     # asked for fewer epochs than a run has: refused as another setting, never cut or overwritten
     (r, _) = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, **common)["rows"]
@@ -278,6 +278,13 @@ def test_benchmark_refuses_a_warm_started_run_whose_parent_changed(tiny_data, tm
     (dann / "summary.json").write_text(json.dumps(d))
     rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"dann": 2}, **common)["rows"]
     assert [r["runs_ok"] for r in rows] == [1, 1]
+    # a parent that is gone cannot vouch for the child: reported, not reused, and the child is left alone
+    child = (pl / "summary.json").read_text()
+    (dann / "model.pt").unlink()
+    rows = run_benchmark("digits-mnistm", out=tmp_path, epochs=1, methods=["dann-pl"],
+                         **{k: v for k, v in common.items() if k != "methods"})["rows"]
+    assert rows[0]["runs_ok"] == 0 and "needs a finished dann run for seed 0" in rows[0]["failures"][0]
+    assert (pl / "summary.json").read_text() == child
 
 
 def test_benchmark_does_not_continue_a_warm_started_run_whose_parent_changed(tiny_data, tmp_path):
@@ -405,6 +412,33 @@ def test_select_never_offers_a_model_trained_on_target_labels(tiny_data, tmp_pat
     assert [Path(r["run"]).parent.name for r in sel["rows"]] == ["source-only"]
     assert sel["skipped_target_label_runs"] == [str(out / "target-only-oracle" / "seed0")]
     assert main(["select", str(out), "--validator", "bnm", "--data-dir", str(tiny_data), "--limit", "64"]) == 0
-    assert "not candidates: 1 runs trained on target labels (oracle)" in capsys.readouterr().out
+    assert "not candidates: 1 run trained on target labels (oracle)" in capsys.readouterr().out
+    assert main(["select", str(out), "--validator", "bnm", "--by-config", "--data-dir", str(tiny_data),
+                 "--limit", "64", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["skipped_target_label_runs"] == [str(out / "target-only-oracle" / "seed0")]
+    assert [Path(g["config"]).name for g in got["configs"]] == ["source-only"]
     assert main(["select", str(out / "target-only-oracle"), "--validator", "bnm", "--data-dir", str(tiny_data)]) == 2
     assert "trained on target labels" in capsys.readouterr().err
+
+
+def test_a_warm_start_replaced_while_it_is_read_is_refused(tiny_data, tmp_path, monkeypatch):
+    """The sha256 recorded must be that of the weights loaded: a file swapped during the load stops the run."""
+    from dalab.training import Trainer, TrainConfig
+    from dalab.training import checkpoint
+
+    base = dict(epochs=1, batch_size=16, limit_train=64, limit_eval=32, data_dir=str(tiny_data),
+                precision="fp32", device="cpu")
+    Trainer(TrainConfig(method="source-only", **base), tmp_path / "parent", progress=False).fit()
+    parent = tmp_path / "parent" / "model.pt"
+    real = checkpoint.load_model
+
+    def load_then_swap(path, device):
+        out = real(path, device)
+        parent.write_bytes(parent.read_bytes() + b"\0")  # another process replaced it meanwhile
+        return out
+
+    monkeypatch.setattr(checkpoint, "load_model", load_then_swap)
+    with pytest.raises(DalabError, match="changed while it was read"):
+        Trainer(TrainConfig(method="dann", init_from=str(parent), **base), tmp_path / "child", progress=False).fit()
+    assert not (tmp_path / "child" / "summary.json").exists()

@@ -75,7 +75,8 @@ def run_select(args) -> int:
         return 0
     key = res["ranked_by"]
     if res["skipped_target_label_runs"]:
-        print(f"not candidates: {len(res['skipped_target_label_runs'])} runs trained on target labels (oracle): "
+        n = len(res["skipped_target_label_runs"])
+        print(f"not candidates: {n} run{'' if n == 1 else 's'} trained on target labels (oracle): "
               + ", ".join(res["skipped_target_label_runs"]))
     print(f"ranking by {key} (higher is better; target acc = oracle, not used to rank)")
     print(f"| rank | {key:>10s} | target acc | run")

@@ -232,20 +232,20 @@ def run_one(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, comm
     run_dir = _run_dir(out, entry.key, seed)
     summ = run_dir / "summary.json"
     cfg, missing = _run_config(entry, pair, seed, out, common)
+    if cfg is None:  # its warm-start parent is missing: nothing to train from, nor to check a finished run against
+        return _failed(entry.method, seed, missing)
     why = warm_start_stale(run_dir, cfg)
     if why:  # neither reused nor resumed, and left as it is
         return _failed(entry.method, seed, f"{run_dir} holds a run that {why}: move it away or use another --out")
     if summ.is_file():
         s = json.loads(summ.read_text())
-        diff = stale_settings(s, cfg) if cfg is not None else []
+        diff = stale_settings(s, cfg)
         if diff and not _extendable(s, cfg, run_dir):
             return _stale_failure(entry, seed, run_dir, diff)  # e.g. an older dalab's run with other defaults
         if not diff:
             s["reused"] = True
             return s
         # the same run asked for more epochs: continue it from its last checkpoint (Trainer's resume)
-    if cfg is None:
-        return _failed(entry.method, seed, missing)
     try:
         return Trainer(TrainConfig(**cfg), run_dir, progress=progress, resume=True).fit()  # a killed run resumes
     except DalabError as e:
@@ -299,10 +299,10 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
                                   for r in runs if r.get("status") != "completed"]})
         if any(getattr(METHODS.get(r.get("method")), "uses_target_labels", False) for r in runs):
             rows[-1]["uses_target_labels"] = True  # the oracle: a reference, not a domain-adaptation result
-        notes = [f"seed {r.get('seed')}: continued from {'/'.join(map(str, r['epochs_changed_from']))} to "
-                 f"{r.get('epochs_done')} epochs; a schedule over the training progress (learning rate, "
-                 "lambda, a warm-up) was stretched, so it is not the run planned for that length from the start"
-                 for r in ok if r.get("epochs_changed_from")]
+        notes = [f"seed {r.get('seed')}: trained to {r.get('epochs_done')} epochs after a plan of "
+                 f"{' then '.join(map(str, r['epochs_changed_from']))}; a schedule that follows the training progress (Ganin's "
+                 "learning rate or lambda, AdaMatch's warm-up) was stretched, and then the run differs from one "
+                 "planned for that length from the start" for r in ok if r.get("epochs_changed_from")]
         if notes:
             rows[-1]["notes"] = notes
     return rows
@@ -328,8 +328,8 @@ def format_table(rows: list[dict], suite_name: str) -> str:
 
 
 def _with_footer(lines: list[str], rows: list[dict], fails: list[str], note: str) -> str:
-    """The table ``lines``, then the failed runs, runs reused with a caveat, the protocol ``note`` and the
-    hardware of the runs."""
+    """The table ``lines``, then the failed runs, the runs with a caveat (continued), the protocol ``note``
+    and the hardware of the runs."""
     if fails:
         lines = lines + ["", "Failed or diverged runs:", *fails]
     caveats = [f"- {r['method']}" + (f" ({r['source']} -> {r['target']})" if "source" in r else "") + f", {n}"

@@ -203,8 +203,11 @@ class Trainer:
         if cfg.init_from:
             from .checkpoint import load_model
 
+            before = sha256_file(cfg.init_from) if Path(cfg.init_from).is_file() else None
             init, _ = load_model(cfg.init_from, self.device)  # a missing or bad file: one clear error
             self._init_sha256 = sha256_file(cfg.init_from)
+            if self._init_sha256 != before:  # replaced while it was read: which weights came in is unknown
+                raise DalabError(f"--init-from {cfg.init_from}: the file changed while it was read; try again")
             try:
                 model.load_state_dict(init.state_dict())
             except RuntimeError:
@@ -448,7 +451,7 @@ class Trainer:
             "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,
             "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
-        if cfg.init_from:
+        if cfg.init_from or self._init_sha256:  # also a warm-started run resumed without --init-from
             s["init_from_sha256"] = self._init_sha256  # None: resumed from a checkpoint of dalab < 0.6.0
         if self._epochs_changed_from:  # set by fit() before every summary
             s["epochs_changed_from"] = list(self._epochs_changed_from)
