@@ -420,6 +420,16 @@ def test_select_never_offers_a_model_trained_on_target_labels(tiny_data, tmp_pat
     assert [Path(g["config"]).name for g in got["configs"]] == ["source-only"]
     assert main(["select", str(out / "target-only-oracle"), "--validator", "bnm", "--data-dir", str(tiny_data)]) == 2
     assert "trained on target labels" in capsys.readouterr().err
+    # a model warm-started from the oracle's weights inherits them: not a candidate either
+    from dalab.training import Trainer, TrainConfig
+
+    Trainer(TrainConfig(method="source-only", init_from=str(out / "target-only-oracle" / "seed0" / "model.pt"),
+                        epochs=1, batch_size=16, limit_train=64, limit_eval=32, data_dir=str(tiny_data),
+                        precision="fp32", device="cpu"), out / "from-oracle" / "seed0", progress=False).fit()
+    sel = select_runs(out, ["bnm"], data_dir=str(tiny_data), limit=64)
+    assert [Path(r["run"]).parent.name for r in sel["rows"]] == ["source-only"]
+    assert sorted(sel["skipped_target_label_runs"]) == [str(out / "from-oracle" / "seed0"),
+                                                       str(out / "target-only-oracle" / "seed0")]
 
 
 def test_a_warm_start_replaced_while_it_is_read_is_refused(tiny_data, tmp_path, monkeypatch):

@@ -59,14 +59,34 @@ def _outputs(model, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.T
     return logits.float(), f
 
 
+def _used_target_labels(model_cfg: dict, run_dir: Path, depth: int = 8) -> bool:
+    """Whether the model (its checkpoint config ``model_cfg``), or a run it was warm-started from (the
+    ``init_from`` of ``run_dir/summary.json``, followed through the parents' summaries), trained on
+    target labels."""
+    if getattr(METHODS.get(model_cfg.get("method")), "uses_target_labels", False):
+        return True
+    try:
+        init = (json.loads((run_dir / "summary.json").read_text()).get("config") or {}).get("init_from")
+    except (OSError, ValueError):
+        return False  # no summary: nothing recorded about a warm start
+    if not init or depth == 0:
+        return False
+    parent = Path(init).parent
+    try:
+        parent_method = json.loads((parent / "summary.json").read_text()).get("method")
+    except (OSError, ValueError):
+        return False
+    return _used_target_labels({"method": parent_method}, parent, depth - 1)
+
+
 def score_candidate(path: Path, validators, *, data_dir=None, target_split: str = "val",
                     limit: int | None = 2000, device="cpu", cache: dict | None = None,
                     seed: int = 0) -> dict | None:
-    """The validators' scores of one ``model.pt``; None for a model trained on target labels (the oracle),
-    which is never a candidate of a label-free choice."""
+    """The validators' scores of one ``model.pt``; None for a model trained on target labels (the oracle) or
+    started from one, which is never a candidate of a label-free choice."""
     cache = {} if cache is None else cache
     model, config = load_model(path, device)
-    if getattr(METHODS.get(config.get("method")), "uses_target_labels", False):
+    if _used_target_labels(config, path.parent):
         return None
     source, target = config.get("source", "mnist"), config.get("target", "mnistm")
     xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
