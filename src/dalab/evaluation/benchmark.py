@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..data.io import atomic_write_json, atomic_write_text, sha256_file
 from ..errors import DalabError
-from ..methods import METHODS
+from ..methods import METHODS, uses_target_labels
 from ..training import TrainConfig, Trainer
 from ..training.checkpoint import CKPT_FORMAT, load_checked
 from ..training.pool import Job, failure_record, run_parallel
@@ -297,7 +297,7 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
                                 if ok else None),
                      "failures": [f"seed {r.get('seed')}: {r.get('status')}: {r.get('failure')}"
                                   for r in runs if r.get("status") != "completed"]})
-        if any(getattr(METHODS.get(r.get("method")), "uses_target_labels", False) for r in runs):
+        if any(uses_target_labels(r.get("method")) for r in runs):
             rows[-1]["uses_target_labels"] = True  # the oracle: a reference, not a domain-adaptation result
         notes = [f"seed {r.get('seed')}: trained to {r.get('epochs_done')} epochs after a plan of "
                  f"{' then '.join(map(str, r['epochs_changed_from']))}; a schedule that follows the training progress (Ganin's "

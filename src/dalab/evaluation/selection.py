@@ -24,7 +24,7 @@ import torch
 
 from ..data import load_domain
 from ..errors import DalabError
-from ..methods import METHODS
+from ..methods import uses_target_labels
 from ..models.batchnorm import bn_domain
 from ..models.inference import extract_features
 from ..training import load_model
@@ -59,24 +59,23 @@ def _outputs(model, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.T
     return logits.float(), f
 
 
-def _used_target_labels(model_cfg: dict, run_dir: Path, depth: int = 8) -> bool:
-    """Whether the model (its checkpoint config ``model_cfg``), or a run it was warm-started from (the
-    ``init_from`` of ``run_dir/summary.json``, followed through the parents' summaries), trained on
-    target labels."""
-    if getattr(METHODS.get(model_cfg.get("method")), "uses_target_labels", False):
-        return True
+def _summary(run_dir: Path) -> dict | None:
     try:
-        init = (json.loads((run_dir / "summary.json").read_text()).get("config") or {}).get("init_from")
+        return json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError):
-        return False  # no summary: nothing recorded about a warm start
+        return None  # no summary (or an unreadable one): nothing recorded about the run
+
+
+def _used_target_labels(method: str | None, summary: dict | None, depth: int = 8) -> bool:
+    """Whether a run of ``method`` (with its ``summary``), or a run it was warm-started from (its
+    ``init_from``, followed through the parents' summaries), trained on target labels."""
+    if uses_target_labels(method):
+        return True
+    init = ((summary or {}).get("config") or {}).get("init_from")
     if not init or depth == 0:
         return False
-    parent = Path(init).parent
-    try:
-        parent_method = json.loads((parent / "summary.json").read_text()).get("method")
-    except (OSError, ValueError):
-        return False
-    return _used_target_labels({"method": parent_method}, parent, depth - 1)
+    parent = _summary(Path(init).parent)
+    return parent is not None and _used_target_labels(parent.get("method"), parent, depth - 1)
 
 
 def score_candidate(path: Path, validators, *, data_dir=None, target_split: str = "val",
@@ -86,7 +85,8 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
     started from one, which is never a candidate of a label-free choice."""
     cache = {} if cache is None else cache
     model, config = load_model(path, device)
-    if _used_target_labels(config, path.parent):
+    summary = _summary(path.parent)
+    if _used_target_labels(config.get("method"), summary):
         return None
     source, target = config.get("source", "mnist"), config.get("target", "mnistm")
     xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
@@ -99,14 +99,9 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
                                 y_sv=ysv, feats_sv=feats_sv, feats_s=feats_s, seed=seed)
     row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),
            "source": source, "target": target, "scores": scores}
-    summ = path.parent / "summary.json"
-    if summ.is_file():
-        try:
-            s = json.loads(summ.read_text())
-            row["target_test_acc"] = s.get("target_test_acc")  # oracle: for judging validators only
-            row["seed"] = s.get("seed")
-        except (OSError, ValueError):
-            pass
+    if summary is not None:
+        row["target_test_acc"] = summary.get("target_test_acc")  # oracle: for judging validators only
+        row["seed"] = summary.get("seed")
     return row
 
 

@@ -17,6 +17,11 @@ METHODS.update({m.name: m for m in (CDAN, CDANE, VADA, DIRTT, MeanTeacher, FixMa
 METHODS.update({m.name: m for m in (PseudoLabel, DANNPseudoLabel)})
 
 
+def uses_target_labels(name: str | None) -> bool:
+    """Whether the method called ``name`` trains on target labels (the oracle); False for an unknown name."""
+    return getattr(METHODS.get(name), "uses_target_labels", False)
+
+
 def check_method_args(name: str, args: dict | None) -> None:
     """Explicit method hyper-parameters (``--method-arg``) must be ones the method takes."""
     import inspect
