@@ -15,9 +15,10 @@ dalab trains two tasks with the same trainer and the same methods interface:
       \mathrm{mIoU} = \frac{1}{|P|} \sum_{c \in P} \mathrm{IoU}_c
 
   with :math:`M_{ij}` the number of pixels of true class *i* predicted as *j* and :math:`P`
-  the classes **present in the labels** of the set (a class that never occurs in the labels
-  is left out of the mean, as ``np.nanmean`` does in ADVENT/FDA's evaluation code, unless it
-  is predicted, in which case its IoU is 0 and counts). Pixel accuracy is
+  the classes **present in the labels** of the set. A class that never occurs in the labels is
+  left out of the mean even when it is predicted (its false positives still lower the IoU of
+  the true classes of those pixels); ADVENT/FDA's ``np.nanmean`` would count it with IoU 0.
+  On Cityscapes val all 19 classes occur, so the two rules agree there. Pixel accuracy is
   :math:`\sum_c M_{cc} / \sum_{ij} M_{ij}`. Ignored pixels count nowhere.
 
 The task is read off the label's shape (:func:`is_dense`), so a method written with
@@ -91,8 +92,8 @@ def scores_from_confusion(cm: torch.Tensor, class_names=None) -> dict:
     total = cm.sum()
     iou = []
     for c in range(cm.shape[0]):
-        if gt[c] == 0 and pr[c] == 0:
-            iou.append(None)  # neither in the labels nor predicted: not part of the mean
+        if gt[c] == 0:
+            iou.append(None)  # not in the labels of this set: not part of the mean
         else:
             iou.append(float(tp[c] / union[c]))
     scored = [v for c, v in enumerate(iou) if v is not None]
