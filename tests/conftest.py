@@ -45,3 +45,26 @@ def tiny_data(tmp_path_factory):
 def tiny_data_copy(tmp_path):
     """A private copy tests may damage."""
     return write_tiny_caches(tmp_path / "data")
+
+
+def write_tiny_scenes(root, sizes=None, seed=0):
+    """The two procedural street-scene domains at their real size (48x96), a few images per split,
+    textured from random-noise 'photos' so no wheel photo is needed."""
+    from dalab.data import scenes
+
+    root.mkdir(parents=True, exist_ok=True)
+    sizes = sizes or {"train": 48, "val": 16, "test": 16}
+    rng = np.random.default_rng(seed)
+    photos = [rng.integers(0, 256, size=(110, 140, 3), dtype=np.uint8) for _ in range(3)]
+    for name, style in scenes.STYLES.items():
+        arrays = scenes.build_scenes(style, seed, sizes, photos=photos)
+        atomic_save_npz(root / scenes.cache_name(name), **arrays, meta_seed=np.array(seed),
+                        meta_format=np.array(scenes.FORMAT))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_scenes(tmp_path_factory):
+    """Tiny digit caches and tiny street-scene caches in one data folder."""
+    root = write_tiny_caches(tmp_path_factory.mktemp("tinyscenes"), n_train=128, n_val=32, n_test=32)
+    return write_tiny_scenes(root)

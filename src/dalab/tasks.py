@@ -102,3 +102,49 @@ def scores_from_confusion(cm: torch.Tensor, class_names=None) -> dict:
             "pixel_acc": float(tp.sum() / total) if total > 0 else float("nan"),
             "per_class_iou": {names[c]: iou[c] for c in range(len(iou))},
             "classes_scored": len(scored)}
+
+
+METRICS = {"classification": "acc", "segmentation": "miou"}
+
+
+def metric_of(task: str) -> str:
+    """The headline score of a task, as it appears in summaries: ``source_test_<metric>``."""
+    return METRICS[task]
+
+
+def headline(summary: dict, split: str = "target_test"):
+    """A run summary's headline score for ``split`` (accuracy or mIoU); None when it has none."""
+    return summary.get(f"{split}_{summary.get('metric', 'acc')}")
+
+
+@torch.inference_mode()
+def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, task: str, num_classes: int,
+                   batch_size: int = 256, precision: str = "fp32", domain: str | None = None,
+                   class_names=None) -> dict:
+    """Score ``model`` on images ``x`` and labels ``y`` (held anywhere; batches move to the model).
+
+    classification: ``{"acc"}``; segmentation: :func:`scores_from_confusion` of one confusion matrix
+    over every pixel, the logits upsampled to the label resolution.
+    """
+    from .models.batchnorm import bn_domain
+    from .models.inference import autocast_ctx
+
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=dev)
+    correct = 0
+    try:
+        with autocast_ctx(dev, precision), bn_domain(model, domain):
+            for i in range(0, len(x), batch_size):
+                xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+                logits = model(xb).float()
+                if task == "classification":
+                    correct += int((logits.argmax(1) == yb).sum())
+                else:
+                    cm += confusion_matrix(upsample_to(logits, yb.shape[-2:]).argmax(1), yb, num_classes)
+    finally:
+        model.train(was_training)
+    if task == "classification":
+        return {"acc": correct / len(y) if len(y) else float("nan")}
+    return scores_from_confusion(cm, class_names)

@@ -19,6 +19,7 @@ EPILOG = """examples:
   dalab data prepare --fonts ~/my_fonts                      # syndigits with your fonts too
   dalab data list
   dalab data show mnistm --out grid.png
+  dalab data show scenes-photo --out scenes.png             # images beside their colour-coded labels
 """
 
 
@@ -128,9 +129,12 @@ def run_list(args) -> int:
 
 
 def run_show(args) -> int:
-    from ..reports.figures import save_image_grid
+    from ..reports.figures import save_image_grid, save_segmentation_grid
 
     d = load_domain(args.domain, args.data_dir)
-    save_image_grid(d[args.split], args.out, n=args.n, seed=args.seed, title=d.description)
+    if getattr(d, "task", "classification") == "segmentation":  # each image beside its colour-coded labels
+        save_segmentation_grid(d[args.split], args.out, n=min(args.n, 16), seed=args.seed, title=d.description)
+    else:
+        save_image_grid(d[args.split], args.out, n=args.n, seed=args.seed, title=d.description)
     print(f"wrote {args.out}")
     return 0

@@ -7,10 +7,10 @@ import sys
 
 from .. import __version__
 from ..errors import DalabError
-from . import benchmark_cmd, data_cmd, predict_cmd, select_cmd, study_cmd, toy_cmd, train_cmd
+from . import benchmark_cmd, compare_cmd, data_cmd, predict_cmd, select_cmd, study_cmd, toy_cmd, train_cmd
 from .common import HelpFormatter, Parser
 
-SUBCOMMANDS = [data_cmd, train_cmd, predict_cmd, select_cmd, benchmark_cmd, study_cmd, toy_cmd]
+SUBCOMMANDS = [data_cmd, train_cmd, predict_cmd, compare_cmd, select_cmd, benchmark_cmd, study_cmd, toy_cmd]
 
 EPILOG = """quick start:
   dalab data prepare                          # offline: MNIST + rebuilt MNIST-M

@@ -12,11 +12,15 @@ from .common import HelpFormatter
 EPILOG = """examples:
   dalab predict --checkpoint runs/dann/model.pt digit.png photo.jpg
   dalab predict --checkpoint runs/dann/model.pt my_digits/ --json
+  dalab predict --checkpoint runs/seg-advent/model.pt street.png --out-dir masks/
 
 Any image mode (grey, palette, RGBA, CMYK, 16-bit, float) and any size is converted to the
 model's input (28x28 RGB, bilinear resize, aspect ratio not kept). A folder contributes its
 image files (.png, .jpg, ...), recursively and sorted. Output: one line per image,
 "PATH<TAB>LABEL<TAB>CONFIDENCE" (softmax probability of the label), or a JSON object with --json.
+For a segmentation model, --out-dir DIR is required: each image is resized to the model's
+training input size, and DIR/<name>_mask.png receives its predicted label map at the image's
+own size, colour-coded with Cityscapes' colours (each line: "PATH<TAB>MASK<TAB>MEAN CONFIDENCE").
 A path that cannot be read is reported on stderr by name (one line each) and the others are
 still predicted. Exit codes: 0 all predicted, 2 some path was not a readable image (or a bad
 checkpoint/flag: nothing predicted).
@@ -31,6 +35,7 @@ def add_parser(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="a model.pt written by dalab train")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print one JSON object (predictions and errors)")
+    p.add_argument("--out-dir", default=None, help="segmentation models: the folder for colour-coded masks")
     p.set_defaults(func=run_predict)
 
 
@@ -44,6 +49,8 @@ def run_predict(args) -> int:
     model, config = load_model(args.checkpoint, device)  # bad checkpoint: one line, nothing predicted
     size = int((config.get("input") or [3, 28, 28])[-1])
     class_names = config.get("class_names")
+    if config.get("task") == "segmentation":
+        return _predict_masks(args, model, config)
 
     files, errors = [], []
     for p in args.paths:
@@ -72,6 +79,61 @@ def run_predict(args) -> int:
         for r in preds:
             name = f" ({r['class_name']})" if "class_name" in r else ""
             print(f"{r['path']}\t{r['label']}{name}\t{r['confidence']:.4f}")
+    sys.stdout.flush()
+    for _, msg in errors:
+        sys.stderr.write(f"dalab: error: {msg}\n")
+    return 2 if errors else 0
+
+
+def _predict_masks(args, model, config) -> int:
+    """Segmentation: one colour-coded mask PNG per image, written atomically into ``--out-dir``."""
+    import io
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from ..data.cityscapes_labels import colorize
+    from ..data.io import atomic_write_bytes
+    from ..data.mnistm import read_rgb
+    from ..models.inference import predict_logits
+
+    if not args.out_dir:
+        raise DalabError("--out-dir DIR is required for a segmentation model (the masks are written there)")
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
+        raise DalabError(f"--out-dir {out}: exists and is not a folder")
+    h, w = (int(v) for v in (config.get("input") or [3, 48, 96])[1:])
+    files, errors, rows = [], [], []
+    for p in args.paths:
+        try:
+            files.extend(find_images([p]))
+        except DalabError as e:
+            errors.append((p, str(e)))
+    out.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        try:
+            img = read_rgb(Path(f))
+        except DalabError as e:
+            errors.append((str(f), str(e)))
+            continue
+        x = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR), np.uint8)
+        t = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
+        probs = torch.softmax(predict_logits(model, t, domain="target"), 1)  # (1, K, h, w)
+        probs = torch.nn.functional.interpolate(probs, size=img.shape[:2], mode="bilinear", align_corners=False)
+        conf, lab = probs[0].max(0)
+        buf = io.BytesIO()
+        Image.fromarray(colorize(lab.numpy().astype(np.uint8))).save(buf, format="PNG")
+        mask = out / f"{Path(f).stem}_mask.png"
+        atomic_write_bytes(mask, buf.getvalue())
+        rows.append({"path": str(f), "mask": str(mask), "mean_confidence": round(float(conf.mean()), 6)})
+    if args.json:
+        print(json.dumps({"checkpoint": str(args.checkpoint), "predictions": rows,
+                          "errors": [{"path": str(p), "error": m} for p, m in errors]}, indent=2))
+    else:
+        for r in rows:
+            print(f"{r['path']}\t{r['mask']}\t{r['mean_confidence']:.4f}")
     sys.stdout.flush()
     for _, msg in errors:
         sys.stderr.write(f"dalab: error: {msg}\n")

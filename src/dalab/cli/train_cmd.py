@@ -11,6 +11,7 @@ from ..errors import DalabError, TrainingFailure
 from ..methods import METHODS
 from ..models.inference import accuracy_of
 from ..models.nets import ARCHS, INPUT_NORMS
+from ..tasks import evaluate_model, headline
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from ..training.checkpoint import CKPT_FORMAT, load_checked
 from .common import (HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
@@ -199,8 +200,10 @@ def run_train(args) -> int:
     if args.json:
         print_json(summary)
     else:
+        what = "mIoU" if summary.get("metric") == "miou" else ""
         print(f"{summary['method']}: {summary['source']} -> {summary['target']}  status={summary['status']}  "
-              f"source test {fmt_acc(summary['source_test_acc'])}  target test {fmt_acc(summary['target_test_acc'])}  "
+              f"source test {what}{fmt_acc(headline(summary, 'source_test'))}  "
+              f"target test {what}{fmt_acc(headline(summary, 'target_test'))}  "
               f"({summary['train_seconds']:.1f} s training, {summary['device']}, {summary['precision']})")
     _fail_if_diverged(summary)
     return 0
@@ -209,7 +212,8 @@ def run_train(args) -> int:
 def run_evaluate(args) -> int:
     device = resolve_device(args.device)
     model, config = load_model(args.checkpoint, device)
-    split = load_domain(args.domain, args.data_dir)[args.split]
+    domain = load_domain(args.domain, args.data_dir)
+    split = domain[args.split]
     x, y = split.tensors(device)
     if len(y) == 0:
         raise DalabError(f"{args.domain}/{args.split}: no images to evaluate")
@@ -219,6 +223,12 @@ def run_evaluate(args) -> int:
     # a model with per-domain batch-norm statistics uses its source's for the source domain and
     # its target's for any other domain
     bn = "source" if args.domain == config.get("source") else "target"
+    task = getattr(domain, "task", "classification")
+    if task != config.get("task", "classification"):
+        raise DalabError(f"{args.checkpoint} is a {config.get('task', 'classification')} model and "
+                         f"{args.domain} a {task} domain")
+    if task == "segmentation":
+        return _print_segmentation(args, model, x, y, bn, domain, config)
     acc = accuracy_of(model, x, y, domain=bn)
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split,
            "accuracy": acc, "n": len(y), "trained_method": config.get("method")}
@@ -226,6 +236,27 @@ def run_evaluate(args) -> int:
         print_json(res)
     else:
         print(f"{args.domain}/{args.split}: accuracy {100 * acc:.2f}% on {len(y)} images")
+    return 0
+
+
+def _print_segmentation(args, model, x, y, bn, domain, config) -> int:
+    """mIoU, pixel accuracy and the per-class IoU table of a segmentation model."""
+    sc = evaluate_model(model, x, y, "segmentation", int(config.get("num_classes", domain.num_classes)),
+                        domain=bn, class_names=domain.classes)
+    res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split, "miou": sc["miou"],
+           "pixel_acc": sc["pixel_acc"], "per_class_iou": sc["per_class_iou"], "classes_scored": sc["classes_scored"],
+           "n": len(y), "resolution": list(y.shape[-2:]), "trained_method": config.get("method")}
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"{args.domain}/{args.split}: mIoU {100 * sc['miou']:.2f}% over the {sc['classes_scored']} classes present "
+          f"in the labels, pixel accuracy {100 * sc['pixel_acc']:.2f}% ({len(y)} images, labels at "
+          f"{y.shape[-2]}x{y.shape[-1]})")
+    print(f"| {'class':14s} | IoU     |")
+    print(f"|{'-' * 16}|---------|")
+    for name, iou in sc["per_class_iou"].items():
+        if iou is not None:
+            print(f"| {name:14s} | {100 * iou:6.2f}% |")
     return 0
 
 

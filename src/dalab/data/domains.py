@@ -1,6 +1,7 @@
 """The domain registry: a name -> labelled train/val/test images.
 
-Every domain gives uint8 images of shape (N, H, W, C) (C = 1 or 3) and int64 labels.
+Every domain gives uint8 images of shape (N, H, W, C) (C = 1 or 3) and int64 labels, or, for a
+segmentation domain (``task="segmentation"``), uint8 label maps (N, H, W) of train ids.
 :func:`load_domain` returns a :class:`Domain`; :meth:`Split.tensors` turns a split into
 torch tensors (N, 3, H, W) uint8, the form the trainer keeps on the device.
 Normalisation is the model's job (see ``dalab.models``), identical for every domain.
@@ -31,7 +32,7 @@ class Split:
     """
 
     x: np.ndarray  # (N, H, W, C) or (N, H, W) uint8
-    y: np.ndarray  # (N,) int64
+    y: np.ndarray  # (N,) int64, or (N, H, W) uint8 train-id maps for segmentation
 
     def __len__(self) -> int:
         return len(self.y)
@@ -49,7 +50,10 @@ class Split:
         t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2)
         if t.shape[1] == 1:
             t = t.expand(-1, 3, -1, -1)
-        return t.contiguous().to(device), torch.from_numpy(np.asarray(y, np.int64)).to(device)
+        # per-image labels as int64; segmentation label maps (N, H, W) stay uint8 (4 to 8x less memory)
+        yt = torch.from_numpy(np.ascontiguousarray(y)) if np.asarray(y).ndim == 3 else \
+            torch.from_numpy(np.asarray(y, np.int64))
+        return t.contiguous().to(device), yt.to(device)
 
     def dataset(self, device="cpu", limit: int | None = None):
         """The split as a ``torch.utils.data.TensorDataset`` of (image (3, H, W) uint8, label).
@@ -70,6 +74,7 @@ class Domain:
     splits: dict[str, Split] = field(default_factory=dict)
     num_classes: int = 10
     classes: tuple[str, ...] | None = None  # class names; None = the digits 0..9 (label = digit)
+    task: str = "classification"  # or "segmentation": labels are (N, H, W) uint8 maps (see dalab.tasks)
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:

@@ -1,4 +1,5 @@
-"""Registers the extra domains: ``syndigits``, ``uci-digits``, ``svhn`` and ``usps``.
+"""Registers the extra domains: ``syndigits``, ``uci-digits``, ``svhn``, ``usps`` and the two
+segmentation domains of procedural street scenes, ``scenes-game`` and ``scenes-photo``.
 
 Imported at the end of :mod:`dalab.data.domains`. ``syndigits`` and ``uci-digits`` are
 built offline by ``dalab data prepare``; ``svhn`` and ``usps`` are imported from the
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .domains import DomainSpec, _from_arrays, register
+from .cityscapes_labels import NUM_CLASSES, TRAIN_NAMES
+from .domains import Domain, DomainSpec, _from_arrays, register
 from .external import SVHN_CACHE, USPS_CACHE
 from .mnist import load_npz_checked
 from .syndigits import CACHE_NAME as SYN_CACHE
@@ -39,3 +41,29 @@ register(DomainSpec("svhn", "SVHN house numbers, imported with `dalab data prepa
                     "(train_32x32.mat, test_32x32.mat)", _loader("svhn", SVHN_CACHE, "SVHN"), None, SVHN_CACHE))
 register(DomainSpec("usps", "USPS postal digits, imported with `dalab data prepare --usps usps.h5|usps.bz2`",
                     _loader("usps", USPS_CACHE, "USPS"), None, USPS_CACHE))
+
+
+def _scene_loader(name: str):
+    from . import scenes
+
+    def load(root: Path) -> Domain:
+        a = load_npz_checked(root / scenes.cache_name(name), name)
+        style = scenes.STYLES[name]
+        d = _from_arrays(name, f"procedural street scenes, {scenes.DESCRIPTIONS[name]} (seed {int(a['meta_seed'])}, "
+                         f"{a['train_x'].shape[1]}x{a['train_x'].shape[2]}; not {style.stands_for})", a)
+        d.num_classes, d.classes, d.task = NUM_CLASSES, TRAIN_NAMES, "segmentation"
+        return d
+
+    def prepare(root: Path, force: bool = False):
+        return scenes.prepare_scenes(root, name, force=force)
+
+    load.__name__ = prepare.__name__ = name.replace("-", "_")
+    return load, prepare
+
+
+for _name, _summary in (("scenes-game", "procedural street scenes, flat-shaded 'game' rendering (segmentation "
+                         "source standing in for GTA5; built by `dalab data prepare`)"),
+                        ("scenes-photo", "procedural street scenes, photo-textured rendering with lighting, blur and "
+                         "noise (segmentation target standing in for Cityscapes; built by `dalab data prepare`)")):
+    _load, _prep = _scene_loader(_name)
+    register(DomainSpec(_name, _summary, _load, _prep, f"{_name}.npz"))

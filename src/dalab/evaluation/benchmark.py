@@ -23,6 +23,7 @@ from pathlib import Path
 from ..data.io import atomic_write_json, atomic_write_text, sha256_file
 from ..errors import DalabError
 from ..methods import METHODS, uses_target_labels
+from ..tasks import headline
 from ..training import TrainConfig, Trainer
 from ..training.checkpoint import CKPT_FORMAT, load_checked
 from ..training.pool import Job, failure_record, run_parallel
@@ -286,11 +287,12 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
     rows = []
     for method, runs in results.items():
         ok = [r for r in runs if r.get("status") == "completed"]
-        sm, ss = _mean_std([r["source_test_acc"] for r in ok])
-        tm, ts = _mean_std([r["target_test_acc"] for r in ok])
+        sm, ss = _mean_std([headline(r, "source_test") for r in ok])
+        tm, ts = _mean_std([headline(r, "target_test") for r in ok])
         trm, _ = _mean_std([r.get("train_seconds") for r in ok])
         epochs = sorted({r.get("epochs_done") for r in ok if r.get("epochs_done") is not None})
-        rows.append({"method": method, "source_acc_mean": sm, "source_acc_std": ss,
+        rows.append({"method": method, "metric": next((r.get("metric") for r in ok if r.get("metric")), "acc"),
+                     "source_acc_mean": sm, "source_acc_std": ss,
                      "target_acc_mean": tm, "target_acc_std": ts, "runs_ok": len(ok), "runs": len(runs),
                      "selected_by": SELECTED_BY, "train_seconds_mean": trm, "epochs": epochs,
                      "device": (f"{ok[0].get('device')}: {ok[0].get('device_name')}, {ok[0].get('precision')}"
@@ -313,8 +315,9 @@ def _pm(m, s) -> str:
 
 
 def format_table(rows: list[dict], suite_name: str) -> str:
+    score = "mIoU" if any(r.get("metric") == "miou" for r in rows) else "acc"
     lines = [f"# Benchmark `{suite_name}` ({SUITES[suite_name]['description']})", "",
-             "| method | source acc (%) | target acc (%) | runs ok | epochs | selected by | train s (mean) |",
+             f"| method | source {score} (%) | target {score} (%) | runs ok | epochs | selected by | train s (mean) |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
         t = "n/a" if r["train_seconds_mean"] is None else f"{r['train_seconds_mean']:.1f}"
@@ -435,7 +438,7 @@ def run_benchmark(suite: str, seeds: int, out, *, methods: list[str] | None = No
         for e in entries:
             for seed in range(seeds):
                 s = done.get((pair, e.key, seed)) or run_one(e, pair, seed, pout, per_entry[e.key], progress)
-                acc = s.get("target_test_acc")
+                acc = headline(s, "target_test")
                 where = f"{pair[0]}->{pair[1]} " if "pairs" in spec else ""
                 log(f"{where}{e.key:13s} seed {seed}: {s.get('status')}"
                     + (" (reused)" if s.get("reused") else "")

@@ -26,7 +26,8 @@ from ..data import load_domain
 from ..errors import DalabError
 from ..methods import uses_target_labels
 from ..models.batchnorm import bn_domain
-from ..models.inference import extract_features
+from ..models.inference import extract_features, predict_logits
+from ..tasks import evaluate_model, headline
 from ..training import load_model
 from .validators import VALIDATORS, compute_validators
 
@@ -89,20 +90,62 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
     if _used_target_labels(config.get("method"), summary):
         return None
     source, target = config.get("source", "mnist"), config.get("target", "mnistm")
+    if config.get("task") == "segmentation":
+        scores = _segmentation_scores(model, config, validators, cache, data_dir, target_split, limit, device, seed)
+    else:
+        scores = _classification_scores(model, validators, cache, source, target, data_dir, target_split, limit,
+                                        device, seed)
+    row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),
+           "source": source, "target": target, "scores": scores}
+    if summary is not None:
+        row["target_test_acc"] = headline(summary, "target_test")  # oracle (accuracy or mIoU): for judging only
+        row["seed"] = summary.get("seed")
+    return row
+
+
+SEGMENTATION_VALIDATORS = ("source-acc", "entropy", "info-max", "bnm", "snd")
+
+
+def _segmentation_scores(model, config, validators, cache, data_dir, target_split, limit, device, seed,
+                         pixels: int = 20000) -> dict:
+    """Validators of a segmentation model: every pixel is a sample. ``source-acc`` is the source val mIoU;
+    entropy, info-max, BNM and SND take the class logits of ``pixels`` target pixels drawn at random
+    (fixed by ``seed``) from the target images' predicted maps, never a target label."""
+    bad = [v for v in validators if v not in SEGMENTATION_VALIDATORS]
+    if bad:
+        raise DalabError(f"validator {bad[0]} is not defined for segmentation "
+                         f"(segmentation: {', '.join(SEGMENTATION_VALIDATORS)})")
+    source, target = config.get("source"), config.get("target")
+    scores = {}
+    if "source-acc" in validators:
+        xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
+        scores["source-acc"] = evaluate_model(model, xsv, ysv, "segmentation", int(config["num_classes"]),
+                                              domain="source")["miou"]
+    rest = [v for v in validators if v != "source-acc"]
+    if rest:
+        xt, _ = _split_tensors(cache, target, target_split, data_dir, limit, device)  # labels dropped
+        g = torch.Generator().manual_seed(seed)
+        per_image = max(1, pixels // max(len(xt), 1))
+        picked = []
+        for i in range(0, len(xt), 256):  # a batch of (B, K, H, W) maps at a time, never all of them
+            lg = predict_logits(model, xt[i:i + 256], batch_size=256, domain="target")
+            flat = lg.permute(0, 2, 3, 1).reshape(len(lg), -1, lg.shape[1])               # (B, HW, K)
+            idx = torch.randint(0, flat.shape[1], (len(lg), per_image), generator=g).to(flat.device)
+            picked.append(torch.gather(flat, 1, idx[..., None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]))
+        scores.update(compute_validators(rest, logits_t=torch.cat(picked), seed=seed))
+    return {v: scores[v] for v in validators}
+
+
+def _classification_scores(model, validators, cache, source, target, data_dir, target_split, limit, device,
+                           seed) -> dict:
     xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
     xs, _ = _split_tensors(cache, source, "train", data_dir, limit, device)
     xt, _ = _split_tensors(cache, target, target_split, data_dir, limit, device)  # labels dropped
     logits_sv, feats_sv = _outputs(model, xsv, "source")
     _, feats_s = _outputs(model, xs, "source")
     logits_t, feats_t = _outputs(model, xt, "target")
-    scores = compute_validators(validators, logits_t=logits_t, feats_t=feats_t, logits_sv=logits_sv,
-                                y_sv=ysv, feats_sv=feats_sv, feats_s=feats_s, seed=seed)
-    row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),
-           "source": source, "target": target, "scores": scores}
-    if summary is not None:
-        row["target_test_acc"] = summary.get("target_test_acc")  # oracle: for judging validators only
-        row["seed"] = summary.get("seed")
-    return row
+    return compute_validators(validators, logits_t=logits_t, feats_t=feats_t, logits_sv=logits_sv,
+                              y_sv=ysv, feats_sv=feats_sv, feats_s=feats_s, seed=seed)
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:

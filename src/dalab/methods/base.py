@@ -17,13 +17,15 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from ..tasks import accuracy  # noqa: F401  (re-exported: per-image or per-pixel top-1 accuracy)
+
 
 @dataclass
 class Batch:
     """One step's data. ``yt`` is only ever filled for methods with ``uses_target_labels``."""
 
     xs: torch.Tensor | None     # source images (B, 3, H, W), uint8 or float
-    ys: torch.Tensor | None     # source labels (B,)
+    ys: torch.Tensor | None     # source labels (B,), or (B, H, W) uint8 label maps (see dalab.tasks)
     xt: torch.Tensor | None     # target images, unlabelled for adaptation methods
     yt: torch.Tensor | None = None
     p: float = 0.0              # training progress in [0, 1] (drives schedules)
@@ -42,6 +44,8 @@ class Method(nn.Module):
     uses_target: ClassVar[bool] = True          # needs unlabelled target images
     uses_target_labels: ClassVar[bool] = False  # oracle only: never true for UDA methods
     needs_domain_head: ClassVar[bool] = False
+    #: the tasks (see :mod:`dalab.tasks`) whose labels and networks the method's loss handles
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -64,6 +68,3 @@ class Method(nn.Module):
         return {k: v for k, v in vars(self).items()
                 if not k.startswith("_") and isinstance(v, (int, float, str, bool))}
 
-
-def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return (logits.argmax(1) == y).float().mean()

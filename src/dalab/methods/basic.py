@@ -1,10 +1,10 @@
-"""Baselines: train on source labels only, or (oracle) on target labels only."""
+"""Baselines: train on source labels only, or (oracle) on target labels only; for either task
+(:func:`dalab.tasks.task_loss` is cross-entropy per image or per scored pixel)."""
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from ..models.batchnorm import bn_domain
+from ..tasks import task_loss
 from .base import Batch, Method, accuracy
 
 
@@ -13,10 +13,11 @@ class SourceOnly(Method):
 
     name = "source-only"
     uses_target = False
+    tasks = ("classification", "segmentation")
 
     def loss(self, model, batch: Batch):
         logits = model(batch.xs)
-        task = F.cross_entropy(logits, batch.ys)
+        task = task_loss(logits, batch.ys)
         return task, {"task_loss": task.detach(), "train_acc": accuracy(logits.detach(), batch.ys)}
 
 
@@ -26,9 +27,10 @@ class TargetOnly(Method):
 
     name = "target-only"
     uses_target_labels = True
+    tasks = ("classification", "segmentation")
 
     def loss(self, model, batch: Batch):
         with bn_domain(model, "target"):
             logits = model(batch.xt)
-        task = F.cross_entropy(logits, batch.yt)
+        task = task_loss(logits, batch.yt)
         return task, {"task_loss": task.detach(), "train_acc": accuracy(logits.detach(), batch.yt)}

@@ -16,6 +16,12 @@ apart while the features learn to make them indistinguishable (the saddle point 
 Shapes: ``xs`` (B,3,28,28), ``xt`` (B,3,28,28) -> features (2B, 768) computed in *one*
 pass -> class logits (B, 10) on the source half, domain logits (2B,).
 
+Segmentation (DANN on pixels): features are a map (2B, C, h, w), the label head gives (B, K, h, w)
+logits scored against (B, H, W) label maps after bilinear upsampling (:func:`dalab.tasks.task_loss`,
+255 ignored), and the domain head is fully convolutional: one domain logit per feature-map
+location, (2B, 1, h, w), each a BCE term of the same mean. Every location of a source map is
+labelled source, so the features learn to make each *local* patch indistinguishable.
+
 ``reverse=False`` is the practical's first question: the same three-part network, but the
 domain gradient reaches the features un-reversed (scaled by +lambda), so the features
 *help* the domain classifier.
@@ -28,6 +34,7 @@ import torch.nn.functional as F
 
 from ..models.batchnorm import bn_domain, has_batch_norm
 from ..models.grl import LambdaSchedule
+from ..tasks import task_loss
 from .base import Batch, Method, accuracy
 
 
@@ -121,6 +128,7 @@ class DANN(Method):
 
     name = "dann"
     needs_domain_head = True
+    tasks = ("classification", "segmentation")
 
     def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0,
                  reverse: bool = True):
@@ -138,7 +146,7 @@ class DANN(Method):
         ns = batch.xs.shape[0]
         f = features_per_domain(model, batch.xs, batch.xt)
         logits = classify_per_domain(model, f[:ns], ns)
-        task = F.cross_entropy(logits, batch.ys)
+        task = task_loss(logits, batch.ys)
         lam = self.current_lambda(batch.p)
         d = model.domain_logits(f, lam if self.reverse else -lam)
         dom, dom_acc = domain_adversarial_loss(d.float(), ns)

@@ -33,6 +33,7 @@ from ..methods import Batch, Method, check_method_args, make_method
 from ..models.batchnorm import calibrate_bn, domain_bns, has_batch_norm
 from ..models.inference import accuracy_of, autocast_ctx
 from ..models.nets import CHECKPOINT_ARCH, DANNNet
+from ..tasks import TASKS, evaluate_model, metric_of
 from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
 from .config import TrainConfig
 from .distributed import all_finite, all_mean, barrier, env_dist_info, init_distributed, wrap_step
@@ -182,6 +183,7 @@ class Trainer:
         cfg = self.cfg
         src = load_domain(cfg.source, cfg.data_dir)
         tgt = load_domain(cfg.target, cfg.data_dir)
+        self.task = self._check_task(src, tgt)  # one task for both domains, a method that handles it
         check_pair(src, tgt, self.method.uses_target_labels)  # unlabelled source, class-name mismatch
         dev = self.device
         d = {"src": src, "tgt": tgt}
@@ -192,11 +194,42 @@ class Trainer:
             d[key] = dom[split].tensors(dev, cfg.limit_eval)
         return d
 
-    def _build(self, data) -> tuple[DANNNet, torch.optim.Optimizer]:
+    def _check_task(self, src, tgt) -> str:
+        """Both domains of one task, and a method that handles it (one clear error otherwise)."""
+        ts, tt = getattr(src, "task", "classification"), getattr(tgt, "task", "classification")
+        if ts != tt:
+            raise DalabError(f"--source {self.cfg.source} is a {ts} domain and --target {self.cfg.target} a {tt} "
+                             "domain: pair two domains of the same task")
+        if ts not in TASKS:
+            raise DalabError(f"domain {self.cfg.source}: unknown task {ts!r}")
+        if ts not in self.method.tasks:
+            from ..methods import METHODS
+
+            fit = ", ".join(n for n, m in METHODS.items() if ts in m.tasks)
+            raise DalabError(f"method {self.method.name!r} does not handle {ts} (methods for {ts}: {fit})")
+        if ts == "segmentation" and self.user_model is None:
+            if self.cfg.arch == "ganin":  # the default network of the classification task: take segmentation's
+                self.cfg.arch = "segnet"
+            if self.cfg.arch != "segnet":
+                raise DalabError(f"--arch {self.cfg.arch} is a classification network; segmentation uses "
+                                 "--arch segnet (the default) or your own network through the API")
+        elif self.cfg.arch == "segnet" and self.user_model is None:
+            raise DalabError(f"--arch segnet is a segmentation network; {self.cfg.source} -> {self.cfg.target} "
+                             "is a classification pair")
+        return ts
+
+    def _build(self, data) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         cfg = self.cfg
         self.num_classes = int(getattr(data["src"], "num_classes", 10))
+        self.classes = getattr(data["src"], "classes", None)
+        self.input_shape = [int(s) for s in data["xs"].shape[1:]] if "xs" in data else [3, 28, 28]
         if self.user_model is not None:
             model = self.user_model.to(self.device)
+        elif cfg.arch == "segnet":
+            from ..models.segnet import SegNet
+
+            model = SegNet(num_classes=self.num_classes, batch_norm=cfg.batch_norm, input_norm=cfg.input_norm,
+                           domain_bn=cfg.bn_stats == "domain").to(self.device)
         else:
             model = DANNNet(num_classes=data["src"].num_classes, batch_norm=cfg.batch_norm, arch=cfg.arch,
                             input_norm=cfg.input_norm, domain_bn=cfg.bn_stats == "domain").to(self.device)
@@ -229,9 +262,10 @@ class Trainer:
         return {"arch": CHECKPOINT_ARCH[self.cfg.arch] if self.user_model is None else "custom",
                 "num_classes": getattr(self, "num_classes", 10), "batch_norm": self.cfg.batch_norm,
                 "domain_bn": self.user_model is None and self.cfg.batch_norm and self.cfg.bn_stats == "domain",
-                "input_norm": self.cfg.input_norm,
-                "input": [3, 28, 28], "method": self.method.name, "source": self.cfg.source,
-                "target": self.cfg.target}
+                "input_norm": self.cfg.input_norm, "task": getattr(self, "task", "classification"),
+                "classes": list(getattr(self, "classes", None) or []) or None,
+                "input": getattr(self, "input_shape", [3, 28, 28]), "method": self.method.name,
+                "source": self.cfg.source, "target": self.cfg.target}
 
     # ------------------------------------------------------------------ training
     def _calibration_sets(self, data) -> dict:
@@ -253,17 +287,29 @@ class Trainer:
             calibrate_bn(model, x, dom, autocast=lambda: autocast_ctx(self.device, self.precision))
 
     def evaluate(self, model, data) -> dict:
+        """The task's scores of ``model`` on source val/test and target test: ``{split}_{metric}``
+        (accuracy, or mIoU with pixel accuracy and per-class IoU; see :mod:`dalab.tasks`)."""
         self.calibrate(model)
+        task = getattr(self, "task", "classification")
+        metric = metric_of(task)
         ev = {}
-        for key, name, dom in (("src_val", "source_val_acc", "source"), ("src_test", "source_test_acc", "source"),
-                               ("tgt_test", "target_test_acc", "target")):
+        for key, split, dom in (("src_val", "source_val", "source"), ("src_test", "source_test", "source"),
+                                ("tgt_test", "target_test", "target")):
             if data.get(key) is None:  # in-memory data may come without some evaluation sets
                 continue
             x, y = data[key]
-            if len(y) and bool((y < 0).any()):  # unlabelled target (flat image folder): no accuracy
-                ev[name] = None
+            if task == "classification" and len(y) and bool((y < 0).any()):  # unlabelled target: no accuracy
+                ev[f"{split}_{metric}"] = None
                 continue
-            ev[name] = accuracy_of(model, x, y, precision=self.precision, domain=dom)
+            if task == "classification":
+                ev[f"{split}_{metric}"] = accuracy_of(model, x, y, precision=self.precision, domain=dom)
+                continue
+            scores = evaluate_model(model, x, y, task, self.num_classes, precision=self.precision, domain=dom,
+                                    class_names=getattr(data["src"], "classes", None))
+            ev[f"{split}_{metric}"] = scores["miou"]
+            ev[f"{split}_pixel_acc"] = scores["pixel_acc"]
+            if split == "target_test":
+                ev["target_test_per_class_iou"] = scores["per_class_iou"]
         return ev
 
     def fit(self) -> dict:
@@ -396,6 +442,14 @@ class Trainer:
             atomic_write_json(self.out / "summary.json", summary)
         return summary
 
+    def _score_keys(self) -> list[str]:
+        """The summary's score fields: accuracy, or mIoU, pixel accuracy and the target's per-class IoU."""
+        m = metric_of(getattr(self, "task", "classification"))
+        keys = [f"source_test_{m}", f"target_test_{m}", f"source_val_{m}"]
+        if m != "acc":
+            keys += ["source_test_pixel_acc", "target_test_pixel_acc", "target_test_per_class_iou"]
+        return keys
+
     def _bn_description(self) -> str | None:
         if self.model is None or not has_batch_norm(self.model):
             return None
@@ -434,9 +488,9 @@ class Trainer:
         s = {
             "method": self.method.name, "source": cfg.source, "target": cfg.target, "seed": cfg.seed,
             "epochs": cfg.epochs, "epochs_done": last.get("epoch", 0), "status": status,
-            "source_test_acc": last.get("source_test_acc", float("nan")) if status == "completed" else None,
-            "target_test_acc": last.get("target_test_acc", float("nan")) if status == "completed" else None,
-            "source_val_acc": last.get("source_val_acc", float("nan")) if status == "completed" else None,
+            "task": getattr(self, "task", "classification"), "metric": metric_of(getattr(self, "task", "classification")),
+            **{k: (last.get(k, float("nan")) if status == "completed" else None)
+               for k in self._score_keys()},
             "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall, 3),
             "device": str(self.device), "device_name": _device_name(self.device),
             "precision": self.precision, "dalab_version": __version__, "torch_version": torch.__version__,
