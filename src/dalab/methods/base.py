@@ -35,13 +35,15 @@ class Method(nn.Module):
     buffers (a teacher). The trainer optimises ``model.parameters()`` plus the method's
     own ``parameters()`` and checkpoints the method's ``state_dict()``.
 
-    Subclasses set ``name`` and implement :meth:`loss`; hooks are optional.
+    Subclasses set ``name`` and implement :meth:`loss`; hooks are optional. ``tasks`` names the
+    tasks a method is written for: the segmentation methods set ``("segmentation",)``.
     """
 
     name: ClassVar[str] = "base"
     uses_target: ClassVar[bool] = True          # needs unlabelled target images
     uses_target_labels: ClassVar[bool] = False  # oracle only: never true for UDA methods
     needs_domain_head: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)  # the tasks (dalab.tasks.TASKS) it is written for
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
