@@ -1,0 +1,149 @@
+"""Segmentation methods (advent, minent, adaptseg, fda, cbst, dacs): the maths on hand-made tensors,
+then two optimisation steps of each on a tiny dummy segmentation network."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalab.methods import Batch, make_method
+from dalab.methods.adaptseg import fc_discriminator, output_space_adversarial
+from dalab.methods.advent import entropy_loss, self_information
+from dalab.models.batchnorm import DomainBatchNorm2d
+from dalab.models.grl import grad_reverse
+from dalab.models.nets import to_unit_float
+from dalab.tasks import IGNORE, task_loss, upsample_to
+
+SEG_METHODS = ("advent", "minent", "adaptseg")
+
+
+class TinySegNet(nn.Module):
+    """The segmentation interface in miniature: features at H/4, per-domain batch norm."""
+
+    def __init__(self, num_classes: int = 5, width: int = 8):
+        super().__init__()
+        self.num_classes = num_classes
+        self.enc = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), DomainBatchNorm2d(width), nn.ReLU(),
+                                 nn.Conv2d(width, width, 3, 2, 1), DomainBatchNorm2d(width), nn.ReLU())
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.dom = nn.Conv2d(width, 1, 1)
+
+    def features(self, x):
+        return self.enc((to_unit_float(x) - 0.5) / 0.5)
+
+    def classify(self, f):
+        return self.head(f)
+
+    def domain_logits(self, f, lam=1.0):
+        return self.dom(grad_reverse(f, lam))
+
+    def forward(self, x):
+        return upsample_to(self.classify(self.features(x)), x.shape[-2:])
+
+
+def _images(n, h=16, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+
+
+def _labels(n, k=5, h=16, w=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, k, (n, h, w), generator=g).to(torch.uint8)
+    y[:, :2] = IGNORE  # a band of unscored pixels
+    return y
+
+
+# ------------------------------------------------------------------ ADVENT: entropy maps
+def test_self_information_and_entropy_loss_values():
+    big = -1e4  # probability 0 without -inf
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [math.log(0.5), math.log(0.5), big, big]]).T
+    logits = logits.reshape(1, 4, 1, 2)  # one image, K = 4, two pixels
+    info = self_information(logits)
+    assert info.shape == (1, 4, 1, 2)
+    # uniform: -1/4 log(1/4) / log 4 = 1/4 per class; (1/2, 1/2, 0, 0): 1/2 * log 2 / log 4 = 1/4 twice
+    assert torch.allclose(info[0, :, 0, 0], torch.full((4,), 0.25))
+    assert torch.allclose(info[0, :, 0, 1], torch.tensor([0.25, 0.25, 0.0, 0.0]))
+    assert torch.isclose(entropy_loss(logits), torch.tensor((1.0 + 0.5) / 2))
+
+
+# ------------------------------------------------------------------ the discriminator game
+def test_fc_discriminator_is_fully_convolutional():
+    d = fc_discriminator(19, ndf=4)
+    assert d(torch.rand(2, 19, 64, 128)).shape == (2, 1, 4, 8)
+    assert d(torch.rand(2, 19, 16, 32)).shape == (2, 1, 1, 2)
+    convs = [m for m in d if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16, 32, 1]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs[:4])
+
+
+def test_discriminator_loss_trains_only_d_and_adversarial_loss_only_the_segmenter():
+    torch.manual_seed(0)
+    disc = fc_discriminator(4, ndf=4)
+    ms = torch.rand(2, 4, 16, 32, requires_grad=True)
+    mt = torch.rand(2, 4, 16, 32, requires_grad=True)
+    loss_d, adv, _ = output_space_adversarial(disc, ms, mt)
+    with torch.no_grad():  # signs: D labels source 1, target 0; the adversarial loss labels target 1
+        ds, dt = disc(ms), disc(mt)
+        expected_d = (F.softplus(-ds).sum() + F.softplus(dt).sum()) / (ds.numel() + dt.numel())
+        assert torch.isclose(loss_d, expected_d) and torch.isclose(adv, F.softplus(-dt).mean())
+    loss_d.backward(retain_graph=True)
+    assert ms.grad is None and mt.grad is None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    disc.zero_grad(set_to_none=True)
+    adv.backward()
+    assert all(p.grad is None for p in disc.parameters())
+    assert ms.grad is None and mt.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["advent", "adaptseg"])
+def test_adversarial_methods_leak_nothing_from_d_into_the_segmenter(name):
+    """With the adversarial and entropy weights at 0, the segmenter's gradient is the task loss's."""
+    torch.manual_seed(0)
+    model, b = TinySegNet(), Batch(_images(2), _labels(2), _images(2, seed=3))
+    m = make_method(name, lambda_adv=0.0, lambda_ent=0.0, ndf=4)
+    m.setup(model, torch.device("cpu"))
+    torch.manual_seed(1)
+    loss, logs = m.loss(model, b)
+    loss.backward()
+    g_method = [p.grad.clone() for p in model.head.parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.disc.parameters())
+    model.zero_grad()
+    torch.manual_seed(1)
+    from dalab.methods.dann import logits_per_domain
+    ls, _ = logits_per_domain(model, b.xs, b.xt)
+    task_loss(ls, b.ys).backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(g_method, model.head.parameters()))
+    assert torch.isclose(logs["task_loss"], task_loss(ls, b.ys).detach())
+
+
+# ------------------------------------------------------------------ two steps of each method
+@pytest.mark.parametrize("name", SEG_METHODS)
+def test_segmentation_method_takes_two_finite_steps(name):
+    torch.manual_seed(0)
+    model = TinySegNet()
+    m = make_method(name, ndf=4)
+    assert m.tasks == ("segmentation",) and not m.uses_target_labels
+    dev = torch.device("cpu")
+    m.to(dev)
+    m.setup(model, dev)
+    xt_all = _images(6, seed=9)
+    m.on_epoch_start(model, 1, xt_all)  # cbst: after its one warm-up epoch, labels the target set
+    opt = torch.optim.SGD(list(model.parameters()) + list(m.parameters()), lr=0.01, momentum=0.9)
+    for step in range(2):
+        idx = torch.tensor([step, step + 2, step + 4])
+        b = Batch(_images(3, seed=step), _labels(3, seed=step), xt_all[idx], p=step / 2, idx_t=idx)
+        loss, logs = m.loss(model, b)
+        assert torch.isfinite(loss) and {"task_loss", "train_acc"} <= set(logs)
+        assert all(v.dim() == 0 and not v.requires_grad for v in logs.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in list(model.enc.parameters()) + list(model.head.parameters()):
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+        if getattr(m, "disc", None) is not None:
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.disc.parameters())
+        opt.step()
+        m.after_step(model)
