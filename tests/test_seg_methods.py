@@ -13,12 +13,13 @@ from torch import nn
 from dalab.methods import Batch, make_method
 from dalab.methods.adaptseg import fc_discriminator, output_space_adversarial
 from dalab.methods.advent import entropy_loss, self_information
+from dalab.methods.fda import charbonnier_entropy, fda_source_to_target, low_frequency_window
 from dalab.models.batchnorm import DomainBatchNorm2d
 from dalab.models.grl import grad_reverse
 from dalab.models.nets import to_unit_float
 from dalab.tasks import IGNORE, task_loss, upsample_to
 
-SEG_METHODS = ("advent", "minent", "adaptseg")
+SEG_METHODS = ("advent", "minent", "adaptseg", "fda")
 
 
 class TinySegNet(nn.Module):
@@ -118,6 +119,42 @@ def test_adversarial_methods_leak_nothing_from_d_into_the_segmenter(name):
     task_loss(ls, b.ys).backward()
     assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(g_method, model.head.parameters()))
     assert torch.isclose(logs["task_loss"], task_loss(ls, b.ys).detach())
+
+
+# ------------------------------------------------------------------ FDA
+def test_fda_with_a_window_of_zero_gives_the_source_back():
+    xs, xt = _images(2), _images(2, seed=5)
+    # floor(0.01 * 16) = 0: nothing swapped
+    assert torch.equal(fda_source_to_target(xs, xt, 0.01), xs.float())
+    assert torch.equal(fda_source_to_target(xs, xt, 0.0), xs.float())
+
+
+def test_fda_swaps_low_frequency_amplitude_and_keeps_phase():
+    xs, xt = _images(2, 32, 48).double(), _images(1, 32, 48, seed=5).double()
+    beta = 0.1  # b = floor(3.2) = 3
+    out = fda_source_to_target(xs, xt, beta, clip=False).double()
+    win = low_frequency_window(32, 48, 3)
+    assert int(win.sum()) == 7 * 7
+    assert torch.equal(win, torch.roll(win.flip(0, 1), (1, 1), (0, 1)))  # symmetric in +-k: real output
+    fo, fs, ft = torch.fft.fft2(out), torch.fft.fft2(xs), torch.fft.fft2(xt)
+    scale = fs.abs().max()
+    # inside the window the amplitude is the target's (the one target image serves both sources)
+    assert torch.allclose(fo.abs()[..., win], ft.abs().expand_as(fs)[..., win], atol=1e-5 * scale)
+    assert torch.allclose(fo.abs()[..., ~win], fs.abs()[..., ~win], atol=1e-5 * scale)
+    strong = (fs.abs() > 1e-3 * scale) & (fo.abs() > 1e-3 * scale)
+    phase_o, phase_s = fo / fo.abs(), fs / fs.abs()
+    assert torch.allclose(phase_o[strong], phase_s[strong], atol=1e-3)
+    clipped = fda_source_to_target(xs, xt, beta)
+    assert clipped.min() >= 0 and clipped.max() <= 255 and clipped.dtype == torch.float32
+
+
+def test_charbonnier_entropy_values():
+    eps, eta = 1e-3, 2.0
+    uniform = torch.zeros(1, 5, 2, 2)
+    assert torch.isclose(charbonnier_entropy(uniform, eta, eps), torch.tensor((1.0 + eps ** 2) ** eta))
+    sure = torch.zeros(1, 5, 2, 2)
+    sure[:, 0] = 100.0
+    assert charbonnier_entropy(sure, eta, eps) < 1e-11
 
 
 # ------------------------------------------------------------------ two steps of each method
