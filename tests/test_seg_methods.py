@@ -13,13 +13,14 @@ from torch import nn
 from dalab.methods import Batch, make_method
 from dalab.methods.adaptseg import fc_discriminator, output_space_adversarial
 from dalab.methods.advent import entropy_loss, self_information
+from dalab.methods.cbst import CBST, cbst_pseudo_labels, class_balanced_thresholds, pseudo_label_loss
 from dalab.methods.fda import charbonnier_entropy, fda_source_to_target, low_frequency_window
 from dalab.models.batchnorm import DomainBatchNorm2d
 from dalab.models.grl import grad_reverse
 from dalab.models.nets import to_unit_float
 from dalab.tasks import IGNORE, task_loss, upsample_to
 
-SEG_METHODS = ("advent", "minent", "adaptseg", "fda")
+SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst")
 
 
 class TinySegNet(nn.Module):
@@ -157,6 +158,60 @@ def test_charbonnier_entropy_values():
     assert charbonnier_entropy(sure, eta, eps) < 1e-11
 
 
+# ------------------------------------------------------------------ CBST
+def _cbst_probs():
+    p = torch.tensor([[0.90, 0.05, 0.05], [0.80, 0.10, 0.10], [0.70, 0.10, 0.20], [0.50, 0.05, 0.45],
+                      [0.02, 0.95, 0.03], [0.30, 0.50, 0.20], [0.30, 0.25, 0.45], [0.35, 0.25, 0.40]])
+    p = torch.cat([p, torch.zeros(8, 1)], 1)  # a fourth class that is never predicted
+    return p.T.reshape(1, 4, 2, 4)  # (B, K, H, W)
+
+
+def test_cbst_thresholds_are_per_class_quantiles():
+    p = _cbst_probs()
+    conf, pred = p.max(1)
+    thr = class_balanced_thresholds(conf, pred, 4, portion=0.5)
+    # class 0: confidences .9 .8 .7 .5 -> 2nd largest; class 1: .95 .5 -> largest; class 2: .45 .4
+    assert torch.allclose(thr, torch.tensor([0.80, 0.95, 0.45, 1.0]))
+    thr_small = class_balanced_thresholds(conf, pred, 4, portion=0.25)  # floor(.25 * 2) = 0 for classes 1, 2
+    assert torch.allclose(thr_small, torch.tensor([0.90, 1.0, 1.0, 1.0]))
+
+
+def test_cbst_labels_take_the_class_normalised_argmax():
+    p = _cbst_probs()
+    conf, pred = p.max(1)
+    labels = cbst_pseudo_labels(p, class_balanced_thresholds(conf, pred, 4, 0.5))
+    # pixel 3 is predicted 0 (0.5 < k_0) but 0.45 / k_2 = 1: CBST labels it 2
+    assert labels.dtype == torch.uint8
+    assert labels.flatten().tolist() == [0, 0, IGNORE, 2, 1, IGNORE, 2, IGNORE]
+
+
+def test_pseudo_label_loss_ignores_unlabelled_pixels():
+    logits = torch.randn(2, 5, 4, 4, requires_grad=True)
+    y = torch.randint(0, 5, (2, 4, 4)).to(torch.uint8)
+    y[0] = IGNORE
+    loss = pseudo_label_loss(logits, y)
+    loss.backward()
+    assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0
+    assert torch.isclose(loss, F.cross_entropy(logits[1:], y[1:].long()))
+    none = pseudo_label_loss(logits, torch.full_like(y, IGNORE))
+    assert none.item() == 0.0
+
+
+def test_cbst_relabels_after_warmup_and_resumes_its_labels():
+    torch.manual_seed(0)
+    model, xt = TinySegNet(), _images(5, seed=7)
+    m = CBST(warmup_epochs=1, predict_batch=2)
+    assert m.on_epoch_start(model, 0, xt) == {} and len(m.pl_labels) == 0
+    logs = m.on_epoch_start(model, 1, xt)
+    assert logs["cbst_portion"] == pytest.approx(0.2) and 0.0 < logs["pl_coverage"] <= 1.0
+    assert m.pl_labels.shape == (5, 16, 32) and m.pl_labels.dtype == torch.uint8
+    assert m.portion(3) == pytest.approx(0.3) and m.portion(100) == pytest.approx(0.5)
+    assert model.training  # back in training mode after predicting
+    fresh = CBST()
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.pl_labels, m.pl_labels) and torch.equal(fresh.thresholds, m.thresholds)
+
+
 # ------------------------------------------------------------------ two steps of each method
 @pytest.mark.parametrize("name", SEG_METHODS)
 def test_segmentation_method_takes_two_finite_steps(name):
@@ -184,3 +239,5 @@ def test_segmentation_method_takes_two_finite_steps(name):
             assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.disc.parameters())
         opt.step()
         m.after_step(model)
+    if name == "cbst":
+        assert logs["pl_loss"] > 0
