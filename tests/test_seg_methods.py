@@ -14,13 +14,15 @@ from dalab.methods import Batch, make_method
 from dalab.methods.adaptseg import fc_discriminator, output_space_adversarial
 from dalab.methods.advent import entropy_loss, self_information
 from dalab.methods.cbst import CBST, cbst_pseudo_labels, class_balanced_thresholds, pseudo_label_loss
+from dalab.methods.consistency import ema_update
+from dalab.methods.dacs import class_mix, mixed_loss, random_class_mask
 from dalab.methods.fda import charbonnier_entropy, fda_source_to_target, low_frequency_window
 from dalab.models.batchnorm import DomainBatchNorm2d
 from dalab.models.grl import grad_reverse
 from dalab.models.nets import to_unit_float
 from dalab.tasks import IGNORE, task_loss, upsample_to
 
-SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst")
+SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst", "dacs")
 
 
 class TinySegNet(nn.Module):
@@ -210,6 +212,60 @@ def test_cbst_relabels_after_warmup_and_resumes_its_labels():
     fresh = CBST()
     fresh.load_state_dict(m.state_dict())
     assert torch.equal(fresh.pl_labels, m.pl_labels) and torch.equal(fresh.thresholds, m.thresholds)
+
+
+# ------------------------------------------------------------------ DACS
+def test_class_mix_on_hand_made_tensors():
+    xs = torch.full((1, 3, 2, 3), 10, dtype=torch.uint8)
+    xt = torch.full((1, 3, 2, 3), 200, dtype=torch.uint8)
+    ys = torch.tensor([[[0, 1, IGNORE], [1, 2, 2]]], dtype=torch.uint8)
+    yt = torch.tensor([[[5, 5, 5], [6, 6, 6]]], dtype=torch.uint8)
+    x, y, m = class_mix(xs, ys, xt, yt, lambda labels: labels == 1)
+    assert m.tolist() == [[[False, True, False], [True, False, False]]]
+    assert x.dtype == torch.uint8 and (x[:, :, m[0]] == 10).all() and (x[:, :, ~m[0]] == 200).all()
+    assert y.tolist() == [[[5, 1, 5], [1, 6, 6]]]
+
+
+def test_random_class_mask_pastes_whole_classes_never_ignore():
+    ys = torch.tensor([[[0, 1, IGNORE, 2], [1, 2, 2, IGNORE]],
+                       [[3, 3, 0, 1], [2, 1, 0, 3]]], dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        m = random_class_mask(ys, g)
+        assert not m[ys == IGNORE].any()
+        for i, n_classes in ((0, 3), (1, 4)):
+            chosen = ys[i][m[i]].unique().tolist()
+            assert len(chosen) == math.ceil(n_classes / 2)
+            assert torch.equal(m[i], torch.isin(ys[i], torch.tensor(chosen, dtype=torch.uint8)))
+    a = random_class_mask(ys, torch.Generator().manual_seed(3))
+    assert torch.equal(a, random_class_mask(ys, torch.Generator().manual_seed(3)))
+
+
+def test_mixed_loss_weights_target_pixels_and_ignores_unlabelled_ones():
+    logits = torch.zeros(1, 4, 2, 2, requires_grad=True)
+    y = torch.tensor([[[0, 1], [2, IGNORE]]], dtype=torch.uint8)
+    m = torch.tensor([[[True, False], [False, False]]])
+    loss = mixed_loss(logits, y, m, 0.5)
+    # CE = log 4 at the 3 labelled pixels; weights 1 (source), .5, .5, ignored -> 0; mean over 4 pixels
+    assert torch.isclose(loss, torch.tensor((1.0 + 0.5 + 0.5) * math.log(4) / 4))
+    loss.backward()
+    assert logits.grad[0, :, 1, 1].abs().sum() == 0 and logits.grad[0, :, 0, 0].abs().sum() > 0
+
+
+def test_ema_update_and_dacs_teacher_warmup():
+    s, t = nn.Linear(2, 2), nn.Linear(2, 2)
+    expected = [0.99 * a + 0.01 * b for a, b in zip(t.parameters(), s.parameters())]
+    ema_update(t, s, 0.99)
+    assert all(torch.allclose(a, b) for a, b in zip(t.parameters(), expected))
+    model = TinySegNet()
+    m = make_method("dacs")
+    m.setup(model, torch.device("cpu"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    m.after_step(model)  # first step: alpha = min(1 - 1/1, 0.99) = 0, the teacher becomes the student
+    assert all(torch.equal(a, b) for a, b in zip(m.teacher.parameters(), model.parameters()))
+    assert int(m.ema_steps) == 1
 
 
 # ------------------------------------------------------------------ two steps of each method
