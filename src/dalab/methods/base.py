@@ -37,7 +37,8 @@ class Method(nn.Module):
     buffers (a teacher). The trainer optimises ``model.parameters()`` plus the method's
     own ``parameters()`` and checkpoints the method's ``state_dict()``.
 
-    Subclasses set ``name`` and implement :meth:`loss`; hooks are optional.
+    Subclasses set ``name`` and implement :meth:`loss`; hooks are optional. ``tasks`` names the
+    tasks a method is written for: the segmentation methods set ``("segmentation",)``.
     """
 
     name: ClassVar[str] = "base"

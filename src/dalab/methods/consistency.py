@@ -154,6 +154,24 @@ def confident_squared_difference(student_probs: torch.Tensor, teacher_probs: tor
     return (mask * sq).mean(), mask
 
 
+def make_teacher(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen copy of ``model`` (no parameter requires grad) to serve as an EMA teacher."""
+    teacher = copy.deepcopy(model)
+    for q in teacher.parameters():
+        q.requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
+    """``teacher <- decay * teacher + (1 - decay) * student`` for parameters; buffers
+    (batch-norm statistics) are copied from the student."""
+    for tp, sp in zip(teacher.parameters(), student.parameters()):
+        tp.mul_(decay).add_(sp.detach(), alpha=1.0 - decay)
+    for tb, sb in zip(teacher.buffers(), student.buffers()):
+        tb.copy_(sb)
+
+
 class MeanTeacher(Method):
     name = "mean-teacher"
 
@@ -169,9 +187,7 @@ class MeanTeacher(Method):
         self.teacher: torch.nn.Module | None = None
 
     def setup(self, model, device) -> None:
-        self.teacher = copy.deepcopy(model)
-        for q in self.teacher.parameters():
-            q.requires_grad_(False)
+        self.teacher = make_teacher(model)
 
     def loss(self, model, batch: Batch):
         xs = augment(batch.xs, self.source_aug)
@@ -191,12 +207,8 @@ class MeanTeacher(Method):
                        "confident_frac": mask.mean().detach(), "class_balance": cb.detach(),
                        "train_acc": accuracy(ls.detach(), batch.ys)}
 
-    @torch.no_grad()
     def after_step(self, model) -> None:
-        for tp, sp in zip(self.teacher.parameters(), model.parameters()):
-            tp.mul_(self.ema).add_(sp.detach(), alpha=1.0 - self.ema)
-        for tb, sb in zip(self.teacher.buffers(), model.buffers()):
-            tb.copy_(sb)
+        ema_update(self.teacher, model, self.ema)
 
 
 class FixMatch(Method):

@@ -1,0 +1,124 @@
+r"""DACS: domain adaptation via cross-domain mixed sampling (Tranheden, Olsson, Pinto & Svensson,
+WACV 2021), i.e. ClassMix (Olsson et al., WACV 2021) between a source and a target image.
+
+A mean teacher :math:`\bar G` (an exponential moving average of the segmenter :math:`G`) labels the
+target batch: :math:`\hat y_t = \arg\max_k \bar P_{x_t}` with confidence
+:math:`c = \max_k \bar P_{x_t}` (B, H, W). For each pair :math:`i`, half of the classes present in
+the source label map :math:`y_{s,i}` (:math:`\lceil n_i / 2 \rceil` of its :math:`n_i` classes,
+ignore excluded), drawn at random, define the mask :math:`M_i` of their pixels; then
+
+.. math::
+
+    x_m = M \odot x_s + (1 - M) \odot x_t, \qquad y_m = M \odot y_s + (1 - M) \odot \hat y_t,
+
+    \mathcal{L} = \mathrm{CE}(G(x_s), y_s)
+      + w_u\,\frac{1}{BHW}\sum_{b,h,w} \big(M + (1 - M)\,\lambda\big)\,\mathrm{CE}\big(G(x_m), y_m\big),
+    \qquad \lambda = \frac{1}{BHW}\sum_{b,h,w} [c \ge \tau],
+
+so target pixels count by the fraction :math:`\lambda` of confident teacher pixels in the batch
+(DACS's ``threshold_uniform`` weighting); ignored pixels add 0 but stay in the mean, as in the
+authors' loss. After every optimiser step the teacher follows the student,
+:math:`\bar\theta \leftarrow \alpha_t \bar\theta + (1 - \alpha_t)\theta` with
+:math:`\alpha_t = \min(1 - 1/(t + 1), \alpha)` (the authors' warm-up of the average), batch-norm
+buffers copied (:func:`~dalab.methods.consistency.ema_update`).
+
+Defaults and their sources (vikolss/DACS, ``trainUDA.py`` and ``configs/configUDA.json``):
+:math:`\alpha = 0.99` (``alpha_teacher``), :math:`\tau = 0.968`, :math:`w_u = 1`
+(``consistency_weight``). Departures: DACS's colour jitter and Gaussian blur of the mixed images
+are left out; the class choice leaves the ignore label out (the authors' code can draw it);
+with per-domain batch norm the mixed images use the *target* statistics, the source images the
+source ones. The class draw uses a ``torch.Generator`` on the training device, seeded in
+:meth:`DACS.setup` from the global RNG (so from the run's seed).
+
+Shapes: ``xs``, ``xt`` (B, 3, H, W) uint8; ``ys`` (B, H, W) uint8; mask (B, H, W) bool; logits
+(B, K, H, W).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..models.batchnorm import bn_domain
+from ..tasks import IGNORE, accuracy, task_loss
+from .base import Batch, Method
+from .consistency import ema_update, make_teacher
+from .dann import logits_per_domain
+
+
+def random_class_mask(ys: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, H, W) bool: per image, the pixels of ``ceil(n / 2)`` of the ``n`` classes present in
+    ``ys[i]`` (:data:`~dalab.tasks.IGNORE` never chosen), drawn without replacement."""
+    masks = []
+    for y in ys:
+        classes = torch.unique(y)
+        classes = classes[classes != IGNORE]
+        n = len(classes)
+        dev = generator.device if generator is not None else classes.device
+        perm = torch.randperm(n, generator=generator, device=dev).to(classes.device)
+        masks.append(torch.isin(y, classes[perm[:(n + 1) // 2]]))
+    return torch.stack(masks) if masks else torch.zeros_like(ys, dtype=torch.bool)
+
+
+def class_mix(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt_pseudo: torch.Tensor,
+              classes_mask_gen=random_class_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mixed images (B, 3, H, W), mixed labels (B, H, W), mask (B, H, W) bool).
+
+    ``classes_mask_gen(ys)`` gives the mask M of source pixels to paste; elsewhere the target
+    image and its pseudo-label are kept. Images and labels keep their dtypes.
+    """
+    m = classes_mask_gen(ys).bool()
+    return torch.where(m[:, None], xs, xt), torch.where(m, ys, yt_pseudo.to(ys.dtype)), m
+
+
+def mixed_loss(logits: torch.Tensor, y_mix: torch.Tensor, mask: torch.Tensor, target_weight) -> torch.Tensor:
+    """Mean over all pixels of ``weight * CE``, weight 1 on pasted source pixels and
+    ``target_weight`` on target pixels; ignored pixels contribute 0."""
+    ce = task_loss(logits, y_mix, reduction="none")
+    w = torch.where(mask, torch.ones_like(ce), torch.as_tensor(target_weight, dtype=ce.dtype, device=ce.device))
+    return (w * ce).mean()
+
+
+class DACS(Method):
+    r"""Cross-domain ClassMix with a mean teacher (see the module docstring)."""
+
+    name = "dacs"
+    tasks = ("segmentation",)
+
+    def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0):
+        super().__init__()
+        if not 0.0 <= float(ema) < 1.0:
+            raise ValueError(f"ema must be in [0, 1), got {ema}")
+        self.ema = float(ema)
+        self.threshold = float(threshold)
+        self.weight = float(weight)
+        self.teacher: torch.nn.Module | None = None
+        self._gen: torch.Generator | None = None
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+    def setup(self, model, device) -> None:
+        self.teacher = make_teacher(model)
+        self._gen = torch.Generator(device=device)
+        self._gen.manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
+
+    def loss(self, model, batch: Batch):
+        if self.teacher is None:
+            raise RuntimeError("dacs: call setup(model, device) before loss() (it builds the teacher)")
+        with torch.no_grad():
+            self.teacher.train(model.training)
+            with bn_domain(self.teacher, "target"):
+                conf, pseudo = F.softmax(self.teacher(batch.xt).float(), 1).max(1)
+            confident = (conf >= self.threshold).float().mean()
+            x_mix, y_mix, m = class_mix(batch.xs, batch.ys, batch.xt, pseudo.to(torch.uint8),
+                                        lambda ys: random_class_mask(ys, self._gen))
+        ls, lm = logits_per_domain(model, batch.xs, x_mix)
+        task = task_loss(ls, batch.ys)
+        mix = mixed_loss(lm, y_mix, m, confident)
+        return task + self.weight * mix, {"task_loss": task.detach(), "mix_loss": mix.detach(),
+                                          "confident_frac": confident, "mix_frac": m.float().mean(),
+                                          "train_acc": accuracy(ls.detach(), batch.ys)}
+
+    def after_step(self, model) -> None:
+        t = int(self.ema_steps)
+        ema_update(self.teacher, model, min(1.0 - 1.0 / (t + 1), self.ema))
+        self.ema_steps += 1

@@ -1,0 +1,299 @@
+"""Segmentation methods (advent, minent, adaptseg, fda, cbst, dacs): the maths on hand-made tensors,
+then two optimisation steps of each on a tiny dummy segmentation network."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalab.methods import Batch, make_method
+from dalab.methods.adaptseg import fc_discriminator, output_space_adversarial
+from dalab.methods.advent import entropy_loss, self_information
+from dalab.methods.cbst import CBST, cbst_pseudo_labels, class_balanced_thresholds, pseudo_label_loss
+from dalab.methods.consistency import ema_update
+from dalab.methods.dacs import class_mix, mixed_loss, random_class_mask
+from dalab.methods.fda import charbonnier_entropy, fda_source_to_target, low_frequency_window
+from dalab.models.batchnorm import DomainBatchNorm2d
+from dalab.models.grl import grad_reverse
+from dalab.models.nets import to_unit_float
+from dalab.tasks import IGNORE, task_loss, upsample_to
+
+SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst", "dacs")
+
+
+class TinySegNet(nn.Module):
+    """The segmentation interface in miniature: features at H/4, per-domain batch norm."""
+
+    def __init__(self, num_classes: int = 5, width: int = 8):
+        super().__init__()
+        self.num_classes = num_classes
+        self.enc = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), DomainBatchNorm2d(width), nn.ReLU(),
+                                 nn.Conv2d(width, width, 3, 2, 1), DomainBatchNorm2d(width), nn.ReLU())
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.dom = nn.Conv2d(width, 1, 1)
+
+    def features(self, x):
+        return self.enc((to_unit_float(x) - 0.5) / 0.5)
+
+    def classify(self, f):
+        return self.head(f)
+
+    def domain_logits(self, f, lam=1.0):
+        return self.dom(grad_reverse(f, lam))
+
+    def forward(self, x):
+        return upsample_to(self.classify(self.features(x)), x.shape[-2:])
+
+
+def _images(n, h=16, w=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, h, w), dtype=torch.uint8, generator=g)
+
+
+def _labels(n, k=5, h=16, w=32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, k, (n, h, w), generator=g).to(torch.uint8)
+    y[:, :2] = IGNORE  # a band of unscored pixels
+    return y
+
+
+# ------------------------------------------------------------------ ADVENT: entropy maps
+def test_self_information_and_entropy_loss_values():
+    big = -1e4  # probability 0 without -inf
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0], [math.log(0.5), math.log(0.5), big, big]]).T
+    logits = logits.reshape(1, 4, 1, 2)  # one image, K = 4, two pixels
+    info = self_information(logits)
+    assert info.shape == (1, 4, 1, 2)
+    # uniform: -1/4 log(1/4) / log 4 = 1/4 per class; (1/2, 1/2, 0, 0): 1/2 * log 2 / log 4 = 1/4 twice
+    assert torch.allclose(info[0, :, 0, 0], torch.full((4,), 0.25))
+    assert torch.allclose(info[0, :, 0, 1], torch.tensor([0.25, 0.25, 0.0, 0.0]))
+    assert torch.isclose(entropy_loss(logits), torch.tensor((1.0 + 0.5) / 2))
+
+
+# ------------------------------------------------------------------ the discriminator game
+def test_fc_discriminator_is_fully_convolutional():
+    d = fc_discriminator(19, ndf=4)
+    assert d(torch.rand(2, 19, 64, 128)).shape == (2, 1, 4, 8)
+    assert d(torch.rand(2, 19, 16, 32)).shape == (2, 1, 1, 2)
+    convs = [m for m in d if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16, 32, 1]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs[:4])
+
+
+def test_discriminator_loss_trains_only_d_and_adversarial_loss_only_the_segmenter():
+    torch.manual_seed(0)
+    disc = fc_discriminator(4, ndf=4)
+    ms = torch.rand(2, 4, 16, 32, requires_grad=True)
+    mt = torch.rand(2, 4, 16, 32, requires_grad=True)
+    loss_d, adv, _ = output_space_adversarial(disc, ms, mt)
+    with torch.no_grad():  # signs: D labels source 1, target 0; the adversarial loss labels target 1
+        ds, dt = disc(ms), disc(mt)
+        expected_d = (F.softplus(-ds).sum() + F.softplus(dt).sum()) / (ds.numel() + dt.numel())
+        assert torch.isclose(loss_d, expected_d) and torch.isclose(adv, F.softplus(-dt).mean())
+    loss_d.backward(retain_graph=True)
+    assert ms.grad is None and mt.grad is None
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in disc.parameters())
+    disc.zero_grad(set_to_none=True)
+    adv.backward()
+    assert all(p.grad is None for p in disc.parameters())
+    assert ms.grad is None and mt.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["advent", "adaptseg"])
+def test_adversarial_methods_leak_nothing_from_d_into_the_segmenter(name):
+    """With the adversarial and entropy weights at 0, the segmenter's gradient is the task loss's."""
+    torch.manual_seed(0)
+    model, b = TinySegNet(), Batch(_images(2), _labels(2), _images(2, seed=3))
+    m = make_method(name, lambda_adv=0.0, lambda_ent=0.0, ndf=4)
+    m.setup(model, torch.device("cpu"))
+    torch.manual_seed(1)
+    loss, logs = m.loss(model, b)
+    loss.backward()
+    g_method = [p.grad.clone() for p in model.head.parameters()]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.disc.parameters())
+    model.zero_grad()
+    torch.manual_seed(1)
+    from dalab.methods.dann import logits_per_domain
+    ls, _ = logits_per_domain(model, b.xs, b.xt)
+    task_loss(ls, b.ys).backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-6) for a, p in zip(g_method, model.head.parameters()))
+    assert torch.isclose(logs["task_loss"], task_loss(ls, b.ys).detach())
+
+
+# ------------------------------------------------------------------ FDA
+def test_fda_with_a_window_of_zero_gives_the_source_back():
+    xs, xt = _images(2), _images(2, seed=5)
+    # floor(0.01 * 16) = 0: nothing swapped
+    assert torch.equal(fda_source_to_target(xs, xt, 0.01), xs.float())
+    assert torch.equal(fda_source_to_target(xs, xt, 0.0), xs.float())
+
+
+def test_fda_swaps_low_frequency_amplitude_and_keeps_phase():
+    xs, xt = _images(2, 32, 48).double(), _images(1, 32, 48, seed=5).double()
+    beta = 0.1  # b = floor(3.2) = 3
+    out = fda_source_to_target(xs, xt, beta, clip=False).double()
+    win = low_frequency_window(32, 48, 3)
+    assert int(win.sum()) == 7 * 7
+    assert torch.equal(win, torch.roll(win.flip(0, 1), (1, 1), (0, 1)))  # symmetric in +-k: real output
+    fo, fs, ft = torch.fft.fft2(out), torch.fft.fft2(xs), torch.fft.fft2(xt)
+    scale = fs.abs().max()
+    # inside the window the amplitude is the target's (the one target image serves both sources)
+    assert torch.allclose(fo.abs()[..., win], ft.abs().expand_as(fs)[..., win], atol=1e-5 * scale)
+    assert torch.allclose(fo.abs()[..., ~win], fs.abs()[..., ~win], atol=1e-5 * scale)
+    strong = (fs.abs() > 1e-3 * scale) & (fo.abs() > 1e-3 * scale)
+    phase_o, phase_s = fo / fo.abs(), fs / fs.abs()
+    assert torch.allclose(phase_o[strong], phase_s[strong], atol=1e-3)
+    clipped = fda_source_to_target(xs, xt, beta)
+    assert clipped.min() >= 0 and clipped.max() <= 255 and clipped.dtype == torch.float32
+
+
+def test_charbonnier_entropy_values():
+    eps, eta = 1e-3, 2.0
+    uniform = torch.zeros(1, 5, 2, 2)
+    assert torch.isclose(charbonnier_entropy(uniform, eta, eps), torch.tensor((1.0 + eps ** 2) ** eta))
+    sure = torch.zeros(1, 5, 2, 2)
+    sure[:, 0] = 100.0
+    assert charbonnier_entropy(sure, eta, eps) < 1e-11
+
+
+# ------------------------------------------------------------------ CBST
+def _cbst_probs():
+    p = torch.tensor([[0.90, 0.05, 0.05], [0.80, 0.10, 0.10], [0.70, 0.10, 0.20], [0.50, 0.05, 0.45],
+                      [0.02, 0.95, 0.03], [0.30, 0.50, 0.20], [0.30, 0.25, 0.45], [0.35, 0.25, 0.40]])
+    p = torch.cat([p, torch.zeros(8, 1)], 1)  # a fourth class that is never predicted
+    return p.T.reshape(1, 4, 2, 4)  # (B, K, H, W)
+
+
+def test_cbst_thresholds_are_per_class_quantiles():
+    p = _cbst_probs()
+    conf, pred = p.max(1)
+    thr = class_balanced_thresholds(conf, pred, 4, portion=0.5)
+    # class 0: confidences .9 .8 .7 .5 -> 2nd largest; class 1: .95 .5 -> largest; class 2: .45 .4
+    assert torch.allclose(thr, torch.tensor([0.80, 0.95, 0.45, 1.0]))
+    thr_small = class_balanced_thresholds(conf, pred, 4, portion=0.25)  # floor(.25 * 2) = 0 for classes 1, 2
+    assert torch.allclose(thr_small, torch.tensor([0.90, 1.0, 1.0, 1.0]))
+
+
+def test_cbst_labels_take_the_class_normalised_argmax():
+    p = _cbst_probs()
+    conf, pred = p.max(1)
+    labels = cbst_pseudo_labels(p, class_balanced_thresholds(conf, pred, 4, 0.5))
+    # pixel 3 is predicted 0 (0.5 < k_0) but 0.45 / k_2 = 1: CBST labels it 2
+    assert labels.dtype == torch.uint8
+    assert labels.flatten().tolist() == [0, 0, IGNORE, 2, 1, IGNORE, 2, IGNORE]
+
+
+def test_pseudo_label_loss_ignores_unlabelled_pixels():
+    logits = torch.randn(2, 5, 4, 4, requires_grad=True)
+    y = torch.randint(0, 5, (2, 4, 4)).to(torch.uint8)
+    y[0] = IGNORE
+    loss = pseudo_label_loss(logits, y)
+    loss.backward()
+    assert logits.grad[0].abs().sum() == 0 and logits.grad[1].abs().sum() > 0
+    assert torch.isclose(loss, F.cross_entropy(logits[1:], y[1:].long()))
+    none = pseudo_label_loss(logits, torch.full_like(y, IGNORE))
+    assert none.item() == 0.0
+
+
+def test_cbst_relabels_after_warmup_and_resumes_its_labels():
+    torch.manual_seed(0)
+    model, xt = TinySegNet(), _images(5, seed=7)
+    m = CBST(warmup_epochs=1, predict_batch=2)
+    assert m.on_epoch_start(model, 0, xt) == {} and len(m.pl_labels) == 0
+    logs = m.on_epoch_start(model, 1, xt)
+    assert logs["cbst_portion"] == pytest.approx(0.2) and 0.0 < logs["pl_coverage"] <= 1.0
+    assert m.pl_labels.shape == (5, 16, 32) and m.pl_labels.dtype == torch.uint8
+    assert m.portion(3) == pytest.approx(0.3) and m.portion(100) == pytest.approx(0.5)
+    assert model.training  # back in training mode after predicting
+    fresh = CBST()
+    fresh.load_state_dict(m.state_dict())
+    assert torch.equal(fresh.pl_labels, m.pl_labels) and torch.equal(fresh.thresholds, m.thresholds)
+
+
+# ------------------------------------------------------------------ DACS
+def test_class_mix_on_hand_made_tensors():
+    xs = torch.full((1, 3, 2, 3), 10, dtype=torch.uint8)
+    xt = torch.full((1, 3, 2, 3), 200, dtype=torch.uint8)
+    ys = torch.tensor([[[0, 1, IGNORE], [1, 2, 2]]], dtype=torch.uint8)
+    yt = torch.tensor([[[5, 5, 5], [6, 6, 6]]], dtype=torch.uint8)
+    x, y, m = class_mix(xs, ys, xt, yt, lambda labels: labels == 1)
+    assert m.tolist() == [[[False, True, False], [True, False, False]]]
+    assert x.dtype == torch.uint8 and (x[:, :, m[0]] == 10).all() and (x[:, :, ~m[0]] == 200).all()
+    assert y.tolist() == [[[5, 1, 5], [1, 6, 6]]]
+
+
+def test_random_class_mask_pastes_whole_classes_never_ignore():
+    ys = torch.tensor([[[0, 1, IGNORE, 2], [1, 2, 2, IGNORE]],
+                       [[3, 3, 0, 1], [2, 1, 0, 3]]], dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(10):
+        m = random_class_mask(ys, g)
+        assert not m[ys == IGNORE].any()
+        for i, n_classes in ((0, 3), (1, 4)):
+            chosen = ys[i][m[i]].unique().tolist()
+            assert len(chosen) == math.ceil(n_classes / 2)
+            assert torch.equal(m[i], torch.isin(ys[i], torch.tensor(chosen, dtype=torch.uint8)))
+    a = random_class_mask(ys, torch.Generator().manual_seed(3))
+    assert torch.equal(a, random_class_mask(ys, torch.Generator().manual_seed(3)))
+
+
+def test_mixed_loss_weights_target_pixels_and_ignores_unlabelled_ones():
+    logits = torch.zeros(1, 4, 2, 2, requires_grad=True)
+    y = torch.tensor([[[0, 1], [2, IGNORE]]], dtype=torch.uint8)
+    m = torch.tensor([[[True, False], [False, False]]])
+    loss = mixed_loss(logits, y, m, 0.5)
+    # CE = log 4 at the 3 labelled pixels; weights 1 (source), .5, .5, ignored -> 0; mean over 4 pixels
+    assert torch.isclose(loss, torch.tensor((1.0 + 0.5 + 0.5) * math.log(4) / 4))
+    loss.backward()
+    assert logits.grad[0, :, 1, 1].abs().sum() == 0 and logits.grad[0, :, 0, 0].abs().sum() > 0
+
+
+def test_ema_update_and_dacs_teacher_warmup():
+    s, t = nn.Linear(2, 2), nn.Linear(2, 2)
+    expected = [0.99 * a + 0.01 * b for a, b in zip(t.parameters(), s.parameters())]
+    ema_update(t, s, 0.99)
+    assert all(torch.allclose(a, b) for a, b in zip(t.parameters(), expected))
+    model = TinySegNet()
+    m = make_method("dacs")
+    m.setup(model, torch.device("cpu"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    m.after_step(model)  # first step: alpha = min(1 - 1/1, 0.99) = 0, the teacher becomes the student
+    assert all(torch.equal(a, b) for a, b in zip(m.teacher.parameters(), model.parameters()))
+    assert int(m.ema_steps) == 1
+
+
+# ------------------------------------------------------------------ two steps of each method
+@pytest.mark.parametrize("name", SEG_METHODS)
+def test_segmentation_method_takes_two_finite_steps(name):
+    torch.manual_seed(0)
+    model = TinySegNet()
+    m = make_method(name, ndf=4)
+    assert m.tasks == ("segmentation",) and not m.uses_target_labels
+    dev = torch.device("cpu")
+    m.to(dev)
+    m.setup(model, dev)
+    xt_all = _images(6, seed=9)
+    m.on_epoch_start(model, 1, xt_all)  # cbst: after its one warm-up epoch, labels the target set
+    opt = torch.optim.SGD(list(model.parameters()) + list(m.parameters()), lr=0.01, momentum=0.9)
+    for step in range(2):
+        idx = torch.tensor([step, step + 2, step + 4])
+        b = Batch(_images(3, seed=step), _labels(3, seed=step), xt_all[idx], p=step / 2, idx_t=idx)
+        loss, logs = m.loss(model, b)
+        assert torch.isfinite(loss) and {"task_loss", "train_acc"} <= set(logs)
+        assert all(v.dim() == 0 and not v.requires_grad for v in logs.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for p in list(model.enc.parameters()) + list(model.head.parameters()):
+            assert p.grad is not None and torch.isfinite(p.grad).all()
+        if getattr(m, "disc", None) is not None:
+            assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.disc.parameters())
+        opt.step()
+        m.after_step(model)
+    if name == "cbst":
+        assert logs["pl_loss"] > 0
