@@ -33,6 +33,9 @@ class Split:
     x: np.ndarray  # (N, H, W, C) or (N, H, W) uint8
     y: np.ndarray  # (N,) int64
 
+    #: held in memory; a split read from files one item at a time is a ``seg_real.StreamSplit``
+    streamed = False
+
     def __len__(self) -> int:
         return len(self.y)
 
@@ -63,13 +66,19 @@ class Split:
 
 @dataclass
 class Domain:
-    """A named domain with ``splits`` train / val / test; ``domain["train"]`` is a :class:`Split`."""
+    """A named domain with ``splits`` train / val / test; ``domain["train"]`` is a :class:`Split`.
+
+    ``task`` is ``"classification"`` (one label per image) or ``"segmentation"`` (a label map
+    per image; the real segmentation domains hold :class:`~dalab.data.seg_real.StreamSplit`
+    splits, read from files, instead of in-memory :class:`Split` arrays).
+    """
 
     name: str
     description: str
     splits: dict[str, Split] = field(default_factory=dict)
     num_classes: int = 10
     classes: tuple[str, ...] | None = None  # class names; None = the digits 0..9 (label = digit)
+    task: str = "classification"  # or "segmentation" (see dalab.tasks)
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
