@@ -14,7 +14,7 @@ from dalab.data import Split, StreamSplit, load_domain
 from dalab.data.cityscapes_labels import ID_TO_TRAIN_ID, IGNORE, LABELS, TRAIN_NAMES
 from dalab.data.domains import Domain
 from dalab.data.seg_real import (SegFiles, cityscapes_pairs, gta5_pairs, gta5_split,
-                                 read_pair)
+                                 read_pair, size_mismatches)
 from dalab.errors import DataError
 
 # label ids drawn in the fixtures: 0 and 9 map to IGNORE, 26 is 'car' (train id 13)
@@ -412,3 +412,17 @@ def test_loader_refusals(gta5):
     with pytest.raises(DataError, match="fewer than one batch"):
         split.loader(batch_size=4, train=True, workers=0, world_size=4)   # 3 a rank
     assert len(split.loader(batch_size=5, train=False, workers=0, limit=7)) == 2
+
+
+def test_size_mismatches_are_found_from_the_headers(gta5):
+    pairs = gta5_pairs(gta5)
+    assert size_mismatches(pairs) == []
+    _, ids = scene(40, 80, 1)
+    save_palette_label(ids, pairs[4][1])
+    assert size_mismatches(pairs) == [(pairs[4][0], pairs[4][1], (96, 48), (80, 40))]
+
+
+def test_data_list_names_the_segmentation_domains(tmp_path, capsys):
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "gta5:PATH" in out and "cityscapes:PATH" in out

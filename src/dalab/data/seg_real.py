@@ -31,7 +31,8 @@ table (say 200), a label that is neither palette nor grey (an RGB colour label),
 unreadable file, or an image and label of different sizes is a one-line
 :class:`~dalab.errors.DataError` naming the file(s), raised when the item is read (also
 from a ``DataLoader`` worker: :class:`SegLoader` turns torch's multi-line worker report
-back into the one line).
+back into the one line). :func:`size_mismatches` lists every pair of different sizes from
+the PNG headers alone, to find them before a run.
 
 :class:`SegFiles` yields ``(image, label)``: image (3, H, W) uint8, label (H, W) uint8 train
 ids. Training: resize to ``size`` (if given) times a random factor from ``scale`` (image
@@ -67,7 +68,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from ..errors import DalabError, DataError
 from .cityscapes_labels import ID_TO_TRAIN_ID, IGNORE, KNOWN_IDS, NUM_CLASSES, TRAIN_NAMES
 
-__all__ = ["gta5_pairs", "gta5_split", "cityscapes_pairs", "read_label", "read_pair", "SegFiles", "SegLoader",
+__all__ = ["gta5_pairs", "gta5_split", "cityscapes_pairs", "read_label", "read_pair", "size_mismatches", "SegFiles", "SegLoader",
            "StreamSplit", "load_seg_domain", "GTA5_VAL"]
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
@@ -194,6 +195,19 @@ def read_label(path: Path, img: Image.Image | None = None) -> np.ndarray:
         shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
         raise DataError(f"{path}: label id {shown} outside the Cityscapes label table ({_ID_RANGE})")
     return ID_TO_TRAIN_ID[ids]
+
+
+def size_mismatches(pairs) -> list[tuple[Path, Path, tuple[int, int], tuple[int, int]]]:
+    """Every (image, label, image (W, H), label (W, H)) whose sizes differ, from the PNG headers
+    only (no pixel is decoded), to find such pairs before a run rather than in the middle."""
+    out = []
+    for image_path, label_path in pairs:
+        a, b = _open(Path(image_path)), _open(Path(label_path))
+        if a.size != b.size:
+            out.append((Path(image_path), Path(label_path), a.size, b.size))
+        a.close()
+        b.close()
+    return out
 
 
 def read_pair(image_path: Path, label_path: Path) -> tuple[Image.Image, np.ndarray]:
