@@ -38,11 +38,18 @@ def scene(h, w, k):
     return img, ids
 
 
+def pixels(path, mode=None):
+    """The pixel array of an image file (its palette indices for a 'P' PNG), the file closed."""
+    with Image.open(path) as im:
+        return np.array(im.convert(mode) if mode else im)
+
+
 def save_palette_label(ids, path):
     im = Image.fromarray(ids)
     im.putpalette(PALETTE + [0] * (768 - len(PALETTE)))      # an 'L' image with a palette becomes 'P'
     im.save(path)
-    assert Image.open(path).mode == "P"
+    with Image.open(path) as im:
+        assert im.mode == "P"
 
 
 def make_gta5(root, n=12, odd=7):
@@ -126,11 +133,11 @@ def test_gta5_pairs_and_the_held_out_val(gta5):
 def test_label_ids_become_train_ids(cityscapes, gta5):
     assert TRAIN_NAMES[13] == "car"
     for img_path, lab_path in (cityscapes_pairs(cityscapes, "val")[0], gta5_pairs(gta5)[0]):
-        ids = np.array(Image.open(lab_path))
+        ids = pixels(lab_path)
         x, y = SegFiles([(img_path, lab_path)], train=False)[0]
         assert x.dtype == torch.uint8 and y.dtype == torch.uint8
         assert tuple(x.shape) == (3, *ids.shape) and tuple(y.shape) == ids.shape
-        assert np.array_equal(x.permute(1, 2, 0).numpy(), np.asarray(Image.open(img_path).convert("RGB")))
+        assert np.array_equal(x.permute(1, 2, 0).numpy(), pixels(img_path, "RGB"))
         assert ids[0, 0] == 26 and y[0, 0] == 13                     # car
         assert ids[0, 8] == 9 and y[0, 8] == IGNORE                  # parking is not scored
         assert np.array_equal(y.numpy(), ID_TO_TRAIN_ID[ids])
@@ -139,7 +146,7 @@ def test_label_ids_become_train_ids(cityscapes, gta5):
 
 def test_gta5_palette_indices_not_colours_are_read(gta5):
     img_path, lab_path = gta5_pairs(gta5)[0]
-    rgb = np.asarray(Image.open(lab_path).convert("RGB"))
+    rgb = pixels(lab_path, "RGB")
     assert tuple(rgb[0, 0]) == (0, 0, 142)                          # the file shows car's colour ...
     assert read_pair(img_path, lab_path)[1][0, 0] == 13              # ... and its index 26 is read
 
@@ -284,7 +291,7 @@ def test_crop_larger_than_the_image_pads_with_0_and_255(cityscapes):
     assert tuple(x.shape) == (3, 80, 160) and tuple(y.shape) == (80, 160)
     assert (x[:, 64:] == 0).all() and (x[:, :, 128:] == 0).all()
     assert (y[64:] == IGNORE).all() and (y[:, 128:] == IGNORE).all()
-    assert np.array_equal(y[:64, :128].numpy(), ID_TO_TRAIN_ID[np.array(Image.open(pair[1]))])
+    assert np.array_equal(y[:64, :128].numpy(), ID_TO_TRAIN_ID[pixels(pair[1])])
 
 
 def test_flip_mirrors_image_and_label_together(cityscapes):
@@ -312,7 +319,7 @@ def test_size_rescales_before_the_random_scale(cityscapes):
 
 def test_evaluation_resizes_the_image_and_scores_at_full_or_input_size(cityscapes):
     pair = cityscapes_pairs(cityscapes, "val")[0]
-    full = ID_TO_TRAIN_ID[np.array(Image.open(pair[1]))]
+    full = ID_TO_TRAIN_ID[pixels(pair[1])]
     x, y = SegFiles([pair], train=False, size=(32, 64))[0]
     assert tuple(x.shape) == (3, 32, 64) and np.array_equal(y.numpy(), full)
     x, y = SegFiles([pair], train=False, size=(32, 64), score_at="input")[0]

@@ -68,8 +68,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from ..errors import DalabError, DataError
 from .cityscapes_labels import ID_TO_TRAIN_ID, IGNORE, KNOWN_IDS, NUM_CLASSES, TRAIN_NAMES
 
-__all__ = ["gta5_pairs", "gta5_split", "cityscapes_pairs", "read_label", "read_pair", "size_mismatches", "SegFiles", "SegLoader",
-           "StreamSplit", "load_seg_domain", "GTA5_VAL"]
+__all__ = ["gta5_pairs", "gta5_split", "cityscapes_pairs", "read_label", "read_pair", "size_mismatches",
+           "SegFiles", "SegLoader", "StreamSplit", "collate", "load_seg_domain", "GTA5_VAL"]
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIX = "_leftImg8bit.png"
@@ -184,11 +184,13 @@ def _decode(img: Image.Image, path: Path) -> Image.Image:
 
 def read_label(path: Path, img: Image.Image | None = None) -> np.ndarray:
     """A label-id PNG ('P' or 'L') -> (H, W) uint8 train ids; DataError for anything else."""
-    lab = _open(path) if img is None else img
-    if lab.mode not in ("P", "L"):
-        raise DataError(f"{path}: a {lab.mode} image, not a palette or grey PNG of label ids "
+    if img is None:
+        with _open(path) as lab:
+            return read_label(path, lab)
+    if img.mode not in ("P", "L"):
+        raise DataError(f"{path}: a {img.mode}-mode image, not a palette or grey PNG of label ids "
                         "(coloured labels must be converted to label ids first)")
-    ids = np.asarray(_decode(lab, path), dtype=np.uint8)
+    ids = np.asarray(_decode(img, path), dtype=np.uint8)
     ok = _KNOWN[ids]
     if not ok.all():
         bad = np.unique(ids[~ok])
@@ -202,21 +204,19 @@ def size_mismatches(pairs) -> list[tuple[Path, Path, tuple[int, int], tuple[int,
     only (no pixel is decoded), to find such pairs before a run rather than in the middle."""
     out = []
     for image_path, label_path in pairs:
-        a, b = _open(Path(image_path)), _open(Path(label_path))
-        if a.size != b.size:
-            out.append((Path(image_path), Path(label_path), a.size, b.size))
-        a.close()
-        b.close()
+        with _open(Path(image_path)) as a, _open(Path(label_path)) as b:
+            if a.size != b.size:
+                out.append((Path(image_path), Path(label_path), a.size, b.size))
     return out
 
 
 def read_pair(image_path: Path, label_path: Path) -> tuple[Image.Image, np.ndarray]:
     """(RGB PIL image, (H, W) uint8 train ids), checked to be of the same size."""
-    img, lab = _open(image_path), _open(label_path)
-    if img.size != lab.size:
-        raise DataError(f"{image_path} is {img.size[0]}x{img.size[1]} but its label {label_path} is "
-                        f"{lab.size[0]}x{lab.size[1]}")
-    return _decode(img, image_path).convert("RGB"), read_label(label_path, lab)
+    with _open(image_path) as img, _open(label_path) as lab:
+        if img.size != lab.size:
+            raise DataError(f"{image_path} is {img.size[0]}x{img.size[1]} but its label {label_path} is "
+                            f"{lab.size[0]}x{lab.size[1]}")
+        return _decode(img, image_path).convert("RGB"), read_label(label_path, lab)
 
 
 # ------------------------------------------------------------------------ the dataset
