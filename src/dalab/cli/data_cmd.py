@@ -125,6 +125,8 @@ def run_list(args) -> int:
         print(f"{name:14s} {'yes' if ready else 'no':5s} {sizes[0]:>7s} {sizes[1]:>6s} {sizes[2]:>6s}  {desc}")
     print("folder:PATH    (any image folder: class_name/*.png labelled, flat *.png unlabelled target; "
           "see docs/domains.md)")
+    print("gta5:PATH      (segmentation: GTA5 / Playing for Data, images/ + labels/, read from the files)")
+    print("cityscapes:PATH (segmentation: Cityscapes leftImg8bit/ + gtFine/, read from the files)")
     return 0
 
 

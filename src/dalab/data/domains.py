@@ -34,6 +34,9 @@ class Split:
     x: np.ndarray  # (N, H, W, C) or (N, H, W) uint8
     y: np.ndarray  # (N,) int64, or (N, H, W) uint8 train-id maps for segmentation
 
+    #: held in memory; a split read from files one item at a time is a ``seg_real.StreamSplit``
+    streamed = False
+
     def __len__(self) -> int:
         return len(self.y)
 
@@ -67,7 +70,12 @@ class Split:
 
 @dataclass
 class Domain:
-    """A named domain with ``splits`` train / val / test; ``domain["train"]`` is a :class:`Split`."""
+    """A named domain with ``splits`` train / val / test; ``domain["train"]`` is a :class:`Split`.
+
+    ``task`` is ``"classification"`` (one label per image) or ``"segmentation"`` (a label map
+    per image; the real segmentation domains hold :class:`~dalab.data.seg_real.StreamSplit`
+    splits, read from files, instead of in-memory :class:`Split` arrays).
+    """
 
     name: str
     description: str
@@ -130,15 +138,33 @@ register(DomainSpec("mnistm-real", "the real MNIST-M, imported with `dalab data 
 
 
 def load_domain(name: str, root=None) -> Domain:
-    """Load a registered domain from the cache folder (``dalab data prepare`` builds it)."""
+    """Load a registered domain from the cache folder (``dalab data prepare`` builds it).
+
+    Three prefixes name data by path instead: ``folder:PATH`` (any image folder, see
+    ``data/folder.py``), ``gta5:PATH`` and ``cityscapes:PATH`` (the real segmentation
+    datasets, streamed from their files, see ``data/seg_real.py``).
+    """
     root = data_dir(root)
     if name.startswith("folder:"):  # any image folder, see data/folder.py (cached by path + mtimes)
         from .folder import load_folder_domain
 
         return load_folder_domain(name, root)
+    if name.startswith(("gta5:", "cityscapes:")):  # read from the dataset's own files, nothing cached
+        from .seg_real import load_seg_domain
+
+        return load_seg_domain(name)
     if name not in REGISTRY:
-        raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, or folder:PATH)")
+        raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, "
+                        "or folder:PATH, gta5:PATH, cityscapes:PATH)")
     return REGISTRY[name].load(root)
+
+
+def __getattr__(name: str):
+    if name == "StreamSplit":  # lives in seg_real.py, which imports torch: loaded on first use
+        from .seg_real import StreamSplit
+
+        return StreamSplit
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 from . import more_domains  # noqa: E402,F401  (registers syndigits, uci-digits, svhn, usps)
