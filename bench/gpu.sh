@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of BENCHMARKS.md in one go, each stage under its own time limit:
+# Every GPU figure of docs/benchmarks.md in one go, each stage under its own time limit:
 #
 #     bash bench/gpu.sh WORK [MNIST_PICKLE]
 #     STAGES="prepare study" bash bench/gpu.sh WORK     # only the named stages
@@ -58,9 +58,9 @@ stage fast-select 60 $DALAB select fast --validator all
 # 4. the default run (64 + 64 per step, 10 epochs) on the GPU
 stage default-run 90 $DALAB train --method dann --device cuda --out default-dann --quiet --overwrite
 # 5. every recipe on the larger conv9 network, 3 seeds, runs in parallel on the one GPU. Measured on the H100
-#    (session 7, 3 processes at once): AdaMatch 171 s and DIRT-T 217 s per 10-epoch run; the suite's AdaMatch
-#    now runs 20 epochs (329 s on the H200), so the two chains (VADA -> DIRT-T, AdaMatch -> DIRT-T) alone take
-#    over 500 s: this stage is cut unless it is given more, and bench/gpu_conv9.sh runs issue 4's rows under a
-#    deadline, in two calls, and brings their weights back
+#    (2026-11-27, dalab 0.4.0, 3 processes at once): AdaMatch 171 s and DIRT-T 217 s per 10-epoch run; the
+#    suite's AdaMatch now runs 20 epochs (329 s on the H200), so the two chains (VADA -> DIRT-T, AdaMatch ->
+#    DIRT-T) alone take over 500 s: this stage is cut unless it is given more, and bench/gpu_conv9.sh runs
+#    issue 4's rows under a deadline, in two calls, and brings their weights back
 stage conv9 400 $DALAB benchmark --suite digits-mnistm-conv9 --seeds 3 --device cuda --jobs "$(nproc)" --out conv9 --quiet
 echo "== stages"; cat stages.txt

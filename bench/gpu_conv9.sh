@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 4's acceptance runs on one GPU, under a deadline per device call of at most ~10 minutes (the chain
+# Issue 4's acceptance runs on one GPU, under a deadline per call of at most ~10 minutes (the chain
 # of 20 AdaMatch and 10 DIRT-T epochs needs two calls; a cut chain continues, see below):
 #
 #     bash bench/gpu_conv9.sh WORK RETURN [MNIST_PICKLE]      # e.g. /tmp/g "$OUT" .gpu/mnist.pkl.gz
@@ -16,8 +16,8 @@
 # do not finish. RETURN receives results.tgz (summaries, metrics, tables, logs) and one tar of weights
 # per seed: model.pt of each finished run, ckpt.pt of an unfinished one. To continue a cut chain on
 # another machine, unpack results.tgz and the weights tars into a fresh WORK and run this again
-# (`dalab benchmark` resumes each unfinished run from its ckpt.pt). A tar that would pass 15 MiB (the
-# device tool returns files of at most 16 MiB) is split into one tar per run.
+# (`dalab benchmark` resumes each unfinished run from its ckpt.pt). A tar that would pass 15 MiB (the GPU
+# machines used so far returned files of at most 16 MiB) is split into one tar per run.
 # CHAIN_METHODS (default "adamatch,dirt-t (from adamatch)") and CHAIN_JOBS (default 3, one process per run)
 # run other rows of the suite in the chain's place, e.g. CHAIN_METHODS="dann,cdan,fixmatch" CHAIN_JOBS=9.
 # EXTRA and CHAIN_EXTRA are split on spaces (no quoting inside them); CHAIN_OUT is a plain folder name.

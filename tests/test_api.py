@@ -214,10 +214,10 @@ def test_progress_bar_shows_losses_current_lambda_and_domain_accuracy(tiny_data,
     assert 0 <= float(last["domain_acc"]) <= 1
 
 
-# ------------------------------------------------------------------ the README example
+# ------------------------------------------------------------------ the own-data example (docs/api.md)
 def test_own_data_example_runs(capsys):
     src = (ROOT / "examples" / "own_data.py").read_text()
-    assert len(src.splitlines()) < 30, "the README example must stay under 30 lines"
+    assert len(src.splitlines()) < 30, "the own-data example of docs/api.md must stay under 30 lines"
     # same code, smaller: fewer images and one epoch, so the test takes seconds
     small = src.replace("2048", "256").replace("epochs=3", "epochs=1")
     assert small != src

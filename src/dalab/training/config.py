@@ -30,7 +30,7 @@ class TrainConfig:
     gamma: float = 10.0
     # dalab's defaults add batch norm (per-domain batch statistics in DANN) and per-image input
     # standardisation to Ganin's network: DANN's MNIST-M accuracy rises from 78.9 % (Ganin's net,
-    # seed 0) to 86.2 % (3 seeds) at about the same cost (see README). Ganin's exact setting:
+    # seed 0) to 86.2 % (3 seeds) at about the same cost (see docs/results.md). Ganin's exact setting:
     # batch_norm=False, input_norm="none", ema_decay=0.
     # the network: "ganin" (Ganin's MNIST net, 768 features) or "conv9" (Shu et al. 2018's 9-conv digit
     # net cut after its second block, 64x7x7 features, about 22x the compute: meant for a GPU)
