@@ -433,3 +433,45 @@ def test_data_list_names_the_segmentation_domains(tmp_path, capsys):
     assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "gta5:PATH" in out and "cityscapes:PATH" in out
+
+
+# ------------------------------------------------------------------ the one trainer, streamed
+
+def test_trainer_streams_gta5_to_cityscapes(gta5, cityscapes, tmp_path):
+    from dalab.training import TrainConfig, Trainer, load_model
+
+    cfg = TrainConfig(method="dann", source=f"gta5:{gta5}", target=f"cityscapes:{cityscapes}", epochs=1,
+                      batch_size=2, crop_size=[32, 64], eval_size=[32, 64], workers=0, precision="fp32",
+                      device="cpu", data_dir=str(tmp_path / "cache"))
+    s = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert s["status"] == "completed" and s["task"] == "segmentation"
+    assert s["target_scored_split"] == "val" and 0.0 <= s["target_test_miou"] <= 1.0
+    assert s["source_test_miou"] is not None or "source_test_miou" in s
+    # GTA5 has no test split: the source is scored on its held-out val only
+    assert s["n_source_train"] == 11 and s["n_target_train"] == 4
+    model, config = load_model(tmp_path / "run" / "model.pt")
+    assert config["task"] == "segmentation" and config["input"] == [3, 32, 64]
+
+
+def test_trainer_refuses_a_whole_set_method_on_streamed_data(gta5, cityscapes, tmp_path):
+    from dalab.errors import DalabError
+    from dalab.training import TrainConfig, Trainer
+
+    cfg = TrainConfig(method="cbst", source=f"gta5:{gta5}", target=f"cityscapes:{cityscapes}", epochs=1,
+                      batch_size=2, crop_size=[32, 64], workers=0, device="cpu", data_dir=str(tmp_path / "c"))
+    with pytest.raises(DalabError, match="whole target training set"):
+        Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_wrong_layout_is_one_line_exit_2(tmp_path, cityscapes):
+    import subprocess
+    import sys
+
+    (tmp_path / "not-gta").mkdir()
+    (tmp_path / "not-gta" / "frame.png").write_bytes(b"")
+    r = subprocess.run([sys.executable, "-m", "dalab", "train", "--method", "dann", "--source",
+                        f"gta5:{tmp_path / 'not-gta'}", "--target", f"cityscapes:{cityscapes}", "--out",
+                        tmp_path / "run", "--quiet", "--data-dir", tmp_path / "c"], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "images" in r.stderr and not (tmp_path / "run").exists()

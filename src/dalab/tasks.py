@@ -117,7 +117,6 @@ def headline(summary: dict, split: str = "target_test"):
     return summary.get(f"{split}_{summary.get('metric', 'acc')}")
 
 
-@torch.inference_mode()
 def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, task: str, num_classes: int,
                    batch_size: int = 256, precision: str = "fp32", domain: str | None = None,
                    class_names=None) -> dict:
@@ -126,25 +125,38 @@ def evaluate_model(model, x: torch.Tensor, y: torch.Tensor, task: str, num_class
     classification: ``{"acc"}``; segmentation: :func:`scores_from_confusion` of one confusion matrix
     over every pixel, the logits upsampled to the label resolution.
     """
+    batches = ((x[i:i + batch_size], y[i:i + batch_size]) for i in range(0, len(x), batch_size))
+    return evaluate_batches(model, batches, task, num_classes, precision, domain, class_names)
+
+
+@torch.inference_mode()
+def evaluate_batches(model, batches, task: str, num_classes: int, precision: str = "fp32",
+                     domain: str | None = None, class_names=None, reduce=None) -> dict:
+    """:func:`evaluate_model` over any iterable of (images, labels) batches, e.g. a DataLoader over
+    files. ``reduce`` (e.g. a sum over processes) is applied to the accumulated counts before scoring."""
     from .models.batchnorm import bn_domain
     from .models.inference import autocast_ctx
 
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
-    cm = torch.zeros(num_classes, num_classes, dtype=torch.long, device=dev)
-    correct = 0
+    k = num_classes if task == "segmentation" else 1
+    counts = torch.zeros(k * k + 1, dtype=torch.long, device=dev)   # confusion matrix, or [correct, total]
     try:
         with autocast_ctx(dev, precision), bn_domain(model, domain):
-            for i in range(0, len(x), batch_size):
-                xb, yb = x[i:i + batch_size].to(dev), y[i:i + batch_size].to(dev)
+            for xb, yb in batches:
+                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
                 logits = model(xb).float()
                 if task == "classification":
-                    correct += int((logits.argmax(1) == yb).sum())
+                    counts[0] += (logits.argmax(1) == yb).sum()
+                    counts[1] += len(yb)
                 else:
-                    cm += confusion_matrix(upsample_to(logits, yb.shape[-2:]).argmax(1), yb, num_classes)
+                    counts[:-1] += confusion_matrix(upsample_to(logits, yb.shape[-2:]).argmax(1), yb,
+                                                    num_classes).reshape(-1)
     finally:
         model.train(was_training)
+    if reduce is not None:
+        counts = reduce(counts)
     if task == "classification":
-        return {"acc": correct / len(y) if len(y) else float("nan")}
-    return scores_from_confusion(cm, class_names)
+        return {"acc": counts[0].item() / counts[1].item() if counts[1] else float("nan")}
+    return scores_from_confusion(counts[:-1].reshape(k, k), class_names)

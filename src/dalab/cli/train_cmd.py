@@ -24,6 +24,9 @@ TRAIN_EPILOG = """examples:
   dalab train --method dann --out runs/dann --resume     # continue a killed run
   dalab train --method dann --out runs/dann --resume --epochs 20  # train a finished run for longer
   dalab train --method dann --out runs/dann --tensorboard  # + live curves: tensorboard --logdir runs/dann/tb
+  dalab train --method advent --source scenes-game --target scenes-photo --out runs/seg-advent   # segmentation
+  dalab train --method dann --source gta5:/data/GTA5 --target cityscapes:/data/cityscapes \
+      --crop 512x1024 --eval-size 512x1024 --batch-size 2 --device cuda --out runs/gta-dann   # real data, streamed
 
 Writes OUT/summary.json, OUT/metrics.jsonl (one row per epoch), OUT/model.pt (final
 weights, last epoch) and OUT/ckpt.pt (resume point). Target labels are used only by the
@@ -81,7 +84,27 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="evaluate and save an exponential moving average of the weights (e.g. 0.999; 0 = off)")
     p.add_argument("--method-arg", dest="method_args", action="append", default=None, metavar="KEY=VALUE",
                    type=method_arg, help="a method hyper-parameter, repeatable (e.g. --method-arg beta=0.01)")
+    p.add_argument("--crop", dest="crop_size", type=hw_pair, default=None, metavar="HxW",
+                   help="domains read from files (gta5:PATH, cityscapes:PATH): training crop, e.g. 512x1024")
+    p.add_argument("--eval-size", type=hw_pair, default=None, metavar="HxW",
+                   help="domains read from files: evaluation input size (scored at the labels' full size)")
+    p.add_argument("--workers", type=nonneg_int, default=d.workers,
+                   help="domains read from files: DataLoader worker processes per domain")
     add_data_dir(p)
+
+
+def hw_pair(s: str) -> list[int]:
+    """``HxW`` -> [H, W], both positive."""
+    import argparse
+
+    parts = s.lower().split("x")
+    try:
+        hw = [int(v) for v in parts]
+    except ValueError:
+        hw = []
+    if len(hw) != 2 or min(hw) <= 0:
+        raise argparse.ArgumentTypeError(f"expected HxW with two positive integers, got {s!r}")
+    return hw
 
 
 def _epochs(args) -> int:
@@ -106,8 +129,8 @@ def config_from_args(args) -> TrainConfig:
         bn_stats=args.bn_stats, bn_calibration=args.bn_calibration, precision=args.precision,
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
         limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,
-        init_from=args.init_from, ema_decay=args.ema_decay,
-        method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
+        init_from=args.init_from, ema_decay=args.ema_decay, crop_size=args.crop_size, eval_size=args.eval_size,
+        workers=args.workers, method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
 
 
 def method_arg(s: str) -> tuple[str, object]:

@@ -186,9 +186,13 @@ def load_folder_domain(spec: str, data_root: Path | None):
 
 def check_pair(src, tgt, needs_target_labels: bool = False) -> None:
     """Refuse pairs that cannot be trained: unlabelled source, mismatched class names."""
+    def split_labelled(s) -> bool:
+        if getattr(s, "streamed", False):  # read from files: its pairs say whether labels exist
+            return bool(s.labelled)
+        return len(s.y) == 0 or bool((np.asarray(s.y) >= 0).all())
+
     def labelled(d) -> bool:
-        return all(len(s.y) == 0 or bool((np.asarray(s.y) >= 0).all()) for s in d.splits.values()) \
-            and len(d["train"].y) > 0
+        return all(split_labelled(s) for s in d.splits.values()) and len(d["train"]) > 0
 
     if not labelled(src):
         raise DataError(f"--source {src.name}: has no labels (a flat image folder); a source must be "

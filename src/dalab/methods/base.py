@@ -45,6 +45,8 @@ class Method(nn.Module):
     uses_target: ClassVar[bool] = True          # needs unlabelled target images
     uses_target_labels: ClassVar[bool] = False  # oracle only: never true for UDA methods
     needs_domain_head: ClassVar[bool] = False
+    #: relabels the whole target training set (``on_epoch_start``'s ``target_x``), so it needs it in memory
+    needs_target_set: ClassVar[bool] = False
     #: the tasks (see :mod:`dalab.tasks`) whose labels and networks the method's loss handles
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
 

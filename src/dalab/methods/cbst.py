@@ -105,6 +105,7 @@ class CBST(Method):
 
     name = "cbst"
     tasks = ("segmentation",)
+    needs_target_set = True
 
     def __init__(self, init_portion: float = 0.2, portion_step: float = 0.05, max_portion: float = 0.5,
                  warmup_epochs: int = 1, weight: float = 1.0, predict_batch: int = 256):

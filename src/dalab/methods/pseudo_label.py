@@ -52,6 +52,8 @@ def select_pseudo_labels(probs: torch.Tensor, threshold: float = 0.9, class_bala
 class _PseudoLabelMixin:
     """Holds the pseudo-labels as buffers (so they are checkpointed and resumable)."""
 
+    needs_target_set = True
+
     def _init_pl(self, threshold, class_balanced, fraction, weight, relabel_every):
         if not 0.0 <= float(threshold) <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")

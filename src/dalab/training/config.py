@@ -53,6 +53,12 @@ class TrainConfig:
     ema_decay: float = 0.999        # > 0: evaluate and save an EMA of the weights; 0 = the raw last weights
     init_from: str | None = None    # start from the weights of a model.pt (e.g. for pseudo-labelling)
     method_args: dict | None = None  # method-specific hyper-parameters, e.g. {"beta": 0.01} (make_method)
+    # domains read from files (gta5:PATH, cityscapes:PATH; see data/seg_real.py): training crops (H, W) after a
+    # random scale in [0.5, 1.5] and a flip, the evaluation input size (H, W) (logits are scored at the labels'
+    # full resolution), and the DataLoader worker processes per domain; unused for in-memory domains
+    crop_size: list | None = None
+    eval_size: list | None = None
+    workers: int = 2
 
     def resolved_lr(self) -> float:
         return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
@@ -93,6 +99,13 @@ class TrainConfig:
             bad(f"unknown arch {self.arch!r} ({', '.join(ARCHS)})")
         if self.input_norm not in INPUT_NORMS:
             bad(f"unknown input norm {self.input_norm!r} ({', '.join(INPUT_NORMS)})")
+        for name in ("crop_size", "eval_size"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 2
+                                      and all(isinstance(k, int) and k > 0 for k in v)):
+                bad(f"--{name.replace('_', '-')} must be two positive integers HxW, got {v!r}")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            bad(f"--workers must be an integer >= 0, got {self.workers!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             bad(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
         return self

@@ -102,6 +102,17 @@ def all_mean(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch
     return {k: flat[i] for i, k in enumerate(keys)}
 
 
+def all_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a tensor (e.g. a confusion matrix) over ranks; itself with one process."""
+    if not info.enabled:
+        return t
+    import torch.distributed as dist
+
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
 def all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
     """True when the loss is finite on every rank (so all ranks stop together)."""
     ok = torch.isfinite(loss.detach()).all().float().reshape(1)

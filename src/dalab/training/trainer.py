@@ -33,12 +33,13 @@ from ..methods import Batch, Method, check_method_args, make_method
 from ..models.batchnorm import calibrate_bn, domain_bns, has_batch_norm
 from ..models.inference import accuracy_of, autocast_ctx
 from ..models.nets import CHECKPOINT_ARCH, DANNNet
-from ..tasks import TASKS, evaluate_model, metric_of
+from ..tasks import TASKS, evaluate_batches, evaluate_model, metric_of
 from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
 from .config import TrainConfig
-from .distributed import all_finite, all_mean, barrier, env_dist_info, init_distributed, wrap_step
+from .distributed import all_finite, all_mean, all_sum, barrier, env_dist_info, init_distributed, wrap_step
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "model.pt", "ckpt.pt")
+STREAM_CALIBRATION = 100  # AdaBN images per domain when the domains are read from files
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,7 +142,7 @@ class Trainer:
             # default's behaviour then: Ganin's network, Adam's beta1 0.9
             theirs = {**TrainConfig().to_dict(), **{k: v for k, v in ck["config"].items() if k in mine}}
             # init_from is not compared: a resumed run's weights come from the checkpoint
-            diff = [k for k in mine if k not in ("device", "data_dir", "epochs", "init_from")
+            diff = [k for k in mine if k not in ("device", "data_dir", "epochs", "init_from", "workers")
                     and theirs.get(k) != mine[k]]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
@@ -185,6 +186,8 @@ class Trainer:
         tgt = load_domain(cfg.target, cfg.data_dir)
         self.task = self._check_task(src, tgt)  # one task for both domains, a method that handles it
         check_pair(src, tgt, self.method.uses_target_labels)  # unlabelled source, class-name mismatch
+        if any(getattr(s, "streamed", False) for d in (src, tgt) for s in d.splits.values()):
+            return self._stream_data(src, tgt)
         dev = self.device
         d = {"src": src, "tgt": tgt}
         d["xs"], d["ys"] = src["train"].tensors(dev, cfg.limit_train)
@@ -192,6 +195,29 @@ class Trainer:
             d["xt"], d["yt_train"] = tgt["train"].tensors(dev, cfg.limit_train)
         for key, dom, split in (("src_val", src, "val"), ("src_test", src, "test"), ("tgt_test", tgt, "test")):
             d[key] = dom[split].tensors(dev, cfg.limit_eval)
+        return d
+
+    def _stream_data(self, src, tgt) -> dict:
+        """Domains read from files: one training DataLoader per domain (this rank's share of each global
+        batch, random scale / crop / flip) and evaluation loaders at ``eval_size``. The target's scored
+        split is its ``test`` split, or ``val`` where it has no test labels (Cityscapes)."""
+        cfg, W, r = self.cfg, self.dist.world_size, self.dist.rank
+        if getattr(self.method, "needs_target_set", False):
+            raise DalabError(f"method {self.method.name!r} relabels the whole target training set every epoch, "
+                             "which a dataset read from files does not hold in memory")
+        b = cfg.batch_size // W
+        common = dict(workers=cfg.workers, rank=r, world_size=W, pin_memory=self.device.type == "cuda")
+        d = {"src": src, "tgt": tgt, "streamed": True}
+        train = dict(crop=cfg.crop_size, size=None, limit=cfg.limit_train, **common)
+        d["xs_loader"] = src["train"].loader(b, True, seed=cfg.seed, **train)
+        if self.method.uses_target:
+            d["xt_loader"] = tgt["train"].loader(b, True, seed=cfg.seed + 1, **train)
+        tgt_split = "test" if "test" in tgt.splits else "val"
+        self.target_eval_split = tgt_split
+        for key, dom, split in (("src_val", src, "val"), ("src_test", src, "test"), ("tgt_test", tgt, tgt_split)):
+            if split in dom.splits:
+                d[key] = dom[split].loader(max(1, b // 2), False, seed=cfg.seed, size=cfg.eval_size,
+                                           limit=cfg.limit_eval, **common)
         return d
 
     def _check_task(self, src, tgt) -> str:
@@ -222,7 +248,10 @@ class Trainer:
         cfg = self.cfg
         self.num_classes = int(getattr(data["src"], "num_classes", 10))
         self.classes = getattr(data["src"], "classes", None)
-        self.input_shape = [int(s) for s in data["xs"].shape[1:]] if "xs" in data else [3, 28, 28]
+        if data.get("streamed"):  # a model trained on crops takes any size; the crop is what it saw
+            self.input_shape = [3, *cfg.crop_size] if cfg.crop_size else None
+        else:
+            self.input_shape = [int(s) for s in data["xs"].shape[1:]] if "xs" in data else [3, 28, 28]
         if self.user_model is not None:
             model = self.user_model.to(self.device)
         elif cfg.arch == "segnet":
@@ -273,6 +302,14 @@ class Trainer:
         n = self.cfg.bn_calibration
         keys = [("source", "xs")] + ([("target", "xt")] if self.method.uses_target else [])
         out = {}
+        if data.get("streamed"):  # read from files: at most STREAM_CALIBRATION training crops per domain, kept in memory
+            for dom, key in keys:
+                ds = data[f"{key}_loader"].dataset
+                take = min(n, STREAM_CALIBRATION, len(ds))
+                if take:
+                    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(self.cfg.seed + 1))[:take]
+                    out[dom] = torch.stack([ds[(int(i), 0)][0] for i in idx])
+            return out
         for dom, key in keys:
             x = data.get(key)
             if n and x is not None and len(x):
@@ -296,6 +333,16 @@ class Trainer:
         for key, split, dom in (("src_val", "source_val", "source"), ("src_test", "source_test", "source"),
                                 ("tgt_test", "target_test", "target")):
             if data.get(key) is None:  # in-memory data may come without some evaluation sets
+                continue
+            if data.get("streamed"):  # a DataLoader over files, each rank its share, counts summed
+                scores = evaluate_batches(model, data[key], task, self.num_classes, precision=self.precision,
+                                          domain=dom, class_names=getattr(data["src"], "classes", None),
+                                          reduce=lambda t: all_sum(t, self.dist))
+                ev[f"{split}_{metric}"] = scores[metric]
+                if task == "segmentation":
+                    ev[f"{split}_pixel_acc"] = scores["pixel_acc"]
+                    if split == "target_test":
+                        ev["target_test_per_class_iou"] = scores["per_class_iou"]
                 continue
             x, y = data[key]
             if task == "classification" and len(y) and bool((y < 0).any()):  # unlabelled target: no accuracy
@@ -330,7 +377,7 @@ class Trainer:
         self._calib = self._calibration_sets(data) if domain_bns(model) else {}
         B = cfg.batch_size
         primary = "xt" if self.method.name == "target-only" else "xs"
-        n_primary = len(data[primary])
+        n_primary = _n_train(data, primary)
         if B > n_primary:
             raise DalabError(f"--batch-size {B} is larger than the training set ({n_primary} images)")
         # only now, after every input check, touch --out: a bad flag never changes an earlier run
@@ -374,8 +421,7 @@ class Trainer:
         model.train()
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            ps = _index_stream(len(data["xs"]), steps * B, gen).to(self.device) if "xs" in data else None
-            pt = _index_stream(len(data["xt"]), steps * B, gen).to(self.device) if "xt" in data else None
+            batches = self._epoch_batches(data, epoch, steps, gen, b, off)
             sums: dict[str, torch.Tensor] = {}
             epoch_logs = self.method.on_epoch_start(model, epoch, data.get("xt"))
             bar = self._bar(steps, epoch) if self.dist.is_main else None
@@ -384,13 +430,9 @@ class Trainer:
                 lr = ganin_lr(lr0, p) if cfg.lr_schedule == "ganin" else lr0
                 for g in opt.param_groups:
                     g["lr"] = lr
-                sl = slice(i * B + off, i * B + off + b)
-                batch = Batch(
-                    xs=data["xs"][ps[sl]] if ps is not None else None,
-                    ys=data["ys"][ps[sl]] if ps is not None else None,
-                    xt=data["xt"][pt[sl]] if pt is not None else None,
-                    yt=data["yt_train"][pt[sl]] if (pt is not None and self.method.uses_target_labels) else None,
-                    p=p, idx_t=pt[sl] if pt is not None else None)
+                xs, ys, xt, yt, idx_t = next(batches)
+                batch = Batch(xs=xs, ys=ys, xt=xt, yt=yt if self.method.uses_target_labels else None, p=p,
+                              idx_t=idx_t)
                 with autocast_ctx(self.device, self.precision):
                     loss, logs = runner(batch)
                 opt.zero_grad(set_to_none=True)
@@ -450,6 +492,40 @@ class Trainer:
             keys += ["source_test_pixel_acc", "target_test_pixel_acc", "target_test_per_class_iou"]
         return keys
 
+    def _epoch_batches(self, data, epoch: int, steps: int, gen: torch.Generator, b: int, off: int):
+        """This rank's (xs, ys, xt, yt, idx_t) for each step of an epoch (None where a domain is unused).
+
+        In memory: one permutation per domain drawn from ``gen`` now (every image once per pass), each
+        batch sliced out of the device-resident tensors with one index op. Read from files: the next
+        batch of each domain's training DataLoader (its epoch's shuffle follows the seed and epoch).
+        """
+        B, dev, labels_t = self.cfg.batch_size, self.device, self.method.uses_target_labels
+        if data.get("streamed"):
+            its = {k: data[f"{k}_loader"].forever(start_epoch=epoch) if f"{k}_loader" in data else None
+                   for k in ("xs", "xt")}
+
+            def streamed():
+                for _ in range(steps):
+                    xs = ys = xt = yt = None
+                    if its["xs"] is not None:
+                        xs, ys = (v.to(dev, non_blocking=True) for v in next(its["xs"]))
+                    if its["xt"] is not None:
+                        xt, yt = (v.to(dev, non_blocking=True) for v in next(its["xt"]))
+                    yield xs, ys, xt, yt, None
+            return streamed()
+        ps = _index_stream(len(data["xs"]), steps * B, gen).to(dev) if "xs" in data else None
+        pt = _index_stream(len(data["xt"]), steps * B, gen).to(dev) if "xt" in data else None
+
+        def resident():
+            for i in range(steps):
+                sl = slice(i * B + off, i * B + off + b)
+                yield (data["xs"][ps[sl]] if ps is not None else None,
+                       data["ys"][ps[sl]] if ps is not None else None,
+                       data["xt"][pt[sl]] if pt is not None else None,
+                       data["yt_train"][pt[sl]] if pt is not None and labels_t else None,
+                       pt[sl] if pt is not None else None)
+        return resident()
+
     def _bn_description(self) -> str | None:
         if self.model is None or not has_batch_norm(self.model):
             return None
@@ -500,9 +576,10 @@ class Trainer:
             "world_size": self.dist.world_size, "global_batch_per_domain": cfg.batch_size,
             "batch_per_domain_per_rank": cfg.batch_size // self.dist.world_size,
             "model_selection": "last epoch (no checkpoint is chosen with target labels)",
+            "target_scored_split": getattr(self, "target_eval_split", "test"),
             "bn_statistics": self._bn_description(),
             "source_description": data["src"].description, "target_description": data["tgt"].description,
-            "n_source_train": len(data["xs"]), "n_target_train": len(data["xt"]) if "xt" in data else 0,
+            "n_source_train": _n_train(data, "xs"), "n_target_train": _n_train(data, "xt"),
             "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
         if cfg.init_from or self._init_sha256:  # also a warm-started run resumed without --init-from
@@ -539,6 +616,13 @@ class WeightEMA:
         torch._foreach_lerp_(ema_p, src_p, 1.0 - d)
         for eb, b in zip(self.model.buffers(), model.buffers()):
             eb.copy_(b)
+
+
+def _n_train(data: dict, key: str) -> int:
+    """Training images of a domain (``xs`` or ``xt``), in memory or read from files."""
+    if f"{key}_loader" in data:
+        return len(data[f"{key}_loader"].dataset)
+    return len(data[key]) if key in data else 0
 
 
 def _device_name(device: torch.device) -> str:
