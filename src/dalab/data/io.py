@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -73,16 +72,15 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock (``flock``) held for the ``with`` block.
+    """An exclusive lock on ``path`` held for the ``with`` block (``filelock``: flock on
+    POSIX, msvcrt on Windows).
 
     Two processes preparing the same cache serialise on it; the second then finds
     the finished cache and does nothing.
     """
+    from filelock import FileLock  # imported here: ``import dalab`` stays light
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield
