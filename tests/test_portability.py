@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 # Modules Windows lacks. Setting sys.modules[name] = None makes `import name` raise ImportError.
@@ -79,3 +81,36 @@ except Timeout:
     with file_lock(lock):
         assert _python(probe).stdout.strip() == "busy"
     assert _python(probe).stdout.strip() == "acquired"
+
+
+# --device: mps (Apple silicon) is picked by auto after CUDA. No Mac runs these tests, so they mock it.
+
+def _fake_backends(monkeypatch, cuda: bool, mps: bool):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    from dalab.training import resolve_device
+
+    _fake_backends(monkeypatch, cuda=True, mps=True)
+    assert resolve_device("auto").type == "cuda"
+    _fake_backends(monkeypatch, cuda=False, mps=True)
+    assert resolve_device("auto").type == "mps"
+    _fake_backends(monkeypatch, cuda=False, mps=False)
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_device_mps_is_accepted_when_available_and_refused_in_one_line_otherwise(monkeypatch):
+    from dalab.errors import DalabError
+    from dalab.training import resolve_device
+
+    _fake_backends(monkeypatch, cuda=False, mps=True)
+    assert resolve_device("mps").type == "mps"
+    _fake_backends(monkeypatch, cuda=True, mps=False)
+    with pytest.raises(DalabError, match="mps.*not available"):
+        resolve_device("mps")
+    with pytest.raises(DalabError, match="mps"):  # the list of known devices names it
+        resolve_device("tpu")

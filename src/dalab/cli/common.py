@@ -61,6 +61,10 @@ def positive_float(s: str) -> float:
     return v
 
 
+# mps (Apple silicon) is resolved like cuda but is untested here: no Mac runs dalab's tests.
+DEVICE_HELP = "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps"
+
+
 def add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="cache folder (default: $DALAB_DATA or ~/.cache/dalab)")
