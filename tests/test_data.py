@@ -1,6 +1,7 @@
 """The MNIST-M builders and importers on small fixtures made here.
 
-- ``import_real_mnistm`` for the pickle dict (train/test, or train/valid/test) and for the
+- ``import_real_mnistm`` for the pickle dict (train/test, or TensorFlow's train/valid/test, checked
+  image by image against MNIST's labels) and for the
   PNG folder + labels-file layout of the original tarball;
 - ``dalab data prepare --backgrounds DIR`` (through the CLI, in-process);
 - determinism of ``build_mnistm`` / ``prepare_mnistm``.
@@ -30,25 +31,72 @@ def _imgs(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("layout,protocol", [("train+test", 2), ("train+valid+test", 2),
-                                             ("train+test", pickle.HIGHEST_PROTOCOL)])
-def test_import_real_mnistm_pickle(tiny_data_copy, tmp_path, layout, protocol):
+def _encode(k: np.ndarray) -> np.ndarray:
+    """28x28 RGB images whose pixels spell their index k: red = k % 256, green = k // 256."""
+    x = np.zeros((len(k), 28, 28, 3), np.uint8)
+    x[..., 0] = (k % 256)[:, None, None]
+    x[..., 1] = (k // 256)[:, None, None]
+    return x
+
+
+def _decode(x: np.ndarray) -> np.ndarray:
+    return x[:, 0, 0, 0].astype(np.int64) + 256 * x[:, 0, 0, 1].astype(np.int64)
+
+
+def _fake_mnist(root: Path, ntr: int, nva: int, nte: int) -> dict:
+    """An MNIST cache whose training image k (train then val: MNIST's order) holds k, and whose
+    labels are an irregular function of k (a shifted pairing would get most of them wrong)."""
+    k = np.arange(ntr + nva + nte)
+    labels = (k * 7 + k // 3) % 10
+    grey = _encode(k)[..., 0]
+    a = {"train_x": grey[:ntr], "train_y": labels[:ntr], "val_x": grey[ntr:ntr + nva],
+         "val_y": labels[ntr:ntr + nva], "test_x": grey[ntr + nva:], "test_y": labels[ntr + nva:]}
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "mnist.npz", **a)
+    return {"k": k, "labels": labels}
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_import_real_mnistm_pickle_in_tensorflow_layout_pairs_each_image_with_its_label(tmp_path, protocol):
+    # mnistm_data.pkl was made with TensorFlow's MNIST reader: 'valid' = MNIST training images
+    # 0..4,999, 'train' = 5,000..59,999 (55k), 'test' = the 10k test images. Here the same
+    # layout at 1/100 scale (dalab's split of those 600 images: 500 train + 100 val).
+    root = tmp_path / "data"
+    fake = _fake_mnist(root, ntr=500, nva=100, nte=100)
+    mnistm = _encode(fake["k"])  # MNIST-M image k is made from MNIST image k, so it holds k too
+    obj = {"train": mnistm[50:600], "valid": mnistm[:50], "test": mnistm[600:]}
+    src = tmp_path / "mnistm_data.pkl"
+    src.write_bytes(pickle.dumps(obj, protocol=protocol))  # the public file is a protocol-2 pickle
+    assert import_real_mnistm(root, src) == root / REAL_CACHE_NAME
+    d = load_domain("mnistm-real", root)
+    assert [len(d[s]) for s in ("train", "val", "test")] == [500, 100, 100]
+    for s, first in (("train", 0), ("val", 500), ("test", 600)):
+        k = _decode(d[s].x)
+        assert np.array_equal(k, np.arange(first, first + len(d[s]))), s  # MNIST's order
+        assert np.array_equal(d[s].y, fake["labels"][k]), s  # image k carries MNIST label k
+    assert str(src) in d.description
+
+
+def test_import_real_mnistm_pickle_without_valid_keeps_mnist_order(tiny_data_copy, tmp_path):
     m = _mnist(tiny_data_copy)
     ntr, nva, nte = len(m["train_y"]), len(m["val_y"]), len(m["test_y"])
     train, test = _imgs(ntr + nva, 1), _imgs(nte, 2)
-    obj = {"train": train, "test": test} if layout == "train+test" else \
-        {"train": train[:ntr - 40], "valid": train[ntr - 40:], "test": test}
     src = tmp_path / "mnistm_data.pkl"
-    src.write_bytes(pickle.dumps(obj, protocol=protocol))  # the public file is a protocol-2 pickle
-    path = import_real_mnistm(tiny_data_copy, src)
-    assert path == tiny_data_copy / REAL_CACHE_NAME
+    src.write_bytes(pickle.dumps({"train": train, "test": test}, protocol=2))
+    import_real_mnistm(tiny_data_copy, src)
     d = load_domain("mnistm-real", tiny_data_copy)
-    assert [len(d[s]) for s in ("train", "val", "test")] == [ntr, nva, nte]
     assert np.array_equal(d["train"].x, train[:ntr]) and np.array_equal(d["val"].x, train[ntr:])
     assert np.array_equal(d["test"].x, test)
     for s in ("train", "val", "test"):  # the file holds images only: labels are MNIST's, same order
         assert np.array_equal(d[s].y, m[f"{s}_y"])
-    assert str(src) in d.description
+
+
+def test_real_mnistm_cache_of_an_older_import_is_refused(tiny_data_copy, tmp_path):
+    """Older dalab put 'valid' last, mislabelling most images: such a cache must be imported again."""
+    m = _mnist(tiny_data_copy)
+    np.savez(tiny_data_copy / REAL_CACHE_NAME, **m, meta_backgrounds=np.array("real MNIST-M from x.pkl"))
+    with pytest.raises(DataError, match=r"mnistm_real\.npz: imported by dalab 0\.6 or older.*import it again"):
+        load_domain("mnistm-real", tiny_data_copy)
 
 
 def test_import_real_mnistm_pickle_of_wrong_size_names_the_file(tiny_data_copy, tmp_path):

@@ -130,6 +130,9 @@ def build_mnistm(digits: np.ndarray, photos: Sequence[np.ndarray], seed: int) ->
 
 CACHE_NAME = "mnistm.npz"
 REAL_CACHE_NAME = "mnistm_real.npz"
+# 2: the pickle's 'valid' images go first (dalab <= 0.6 put them last, pairing most images
+# with another image's label). Caches without this mark are refused: import again.
+REAL_IMPORT_VERSION = 2
 
 
 def prepare_mnistm(root: Path, seed: int = 0, backgrounds=None, force: bool = False) -> Path:
@@ -156,16 +159,18 @@ def prepare_mnistm(root: Path, seed: int = 0, backgrounds=None, force: bool = Fa
 def _real_from_pickle(path: Path, mnist: dict) -> dict[str, np.ndarray]:
     """The common ``mnistm_data.pkl``: dict with 'train'/'test' (and 'valid') uint8 arrays.
 
-    Labels are those of MNIST in the same order (the file holds images only). If the file
-    has 'valid', train+valid is 60k and maps onto our 50k train + 10k val split; if it
-    has 55k train + 5k valid (the TensorFlow split) they are concatenated the same way.
+    Labels are those of MNIST in the same order (the file holds images only). The file was
+    made with TensorFlow's MNIST reader, whose 'valid' is MNIST's training images 0-4,999
+    and 'train' images 5,000-59,999: valid + train restores MNIST's order, which then maps
+    onto dalab's 50k train + 10k val split like MNIST itself. A file without 'valid' holds
+    all 60k training images in MNIST's order.
     """
     obj = safe_unpickle_numpy(path.read_bytes(), str(path))
     if not isinstance(obj, dict) or "train" not in obj or "test" not in obj:
         raise DataError(f"{path}: expected a dict with 'train' and 'test' arrays")
     train = np.asarray(obj["train"])
     if "valid" in obj:
-        train = np.concatenate([train, np.asarray(obj["valid"])])
+        train = np.concatenate([np.asarray(obj["valid"]), train])
     test = np.asarray(obj["test"])
     ntr, nva = len(mnist["train_y"]), len(mnist["val_y"])
     if len(train) != ntr + nva or len(test) != len(mnist["test_y"]):
@@ -228,5 +233,6 @@ def import_real_mnistm(root: Path, source: str | os.PathLike) -> Path:
         raise DataError(f"{src}: no such file or folder")
     path = root / REAL_CACHE_NAME
     with file_lock(root / ".mnistm_real.lock"):
-        atomic_save_npz(path, **arrays, meta_backgrounds=np.array(f"real MNIST-M from {src}"))
+        atomic_save_npz(path, **arrays, meta_backgrounds=np.array(f"real MNIST-M from {src}"),
+                        meta_import_version=np.array(REAL_IMPORT_VERSION))
     return path
