@@ -18,7 +18,7 @@ from PIL import Image
 
 from dalab.data import REGISTRY, load_domain
 from dalab.data.mnistm import (REAL_CACHE_NAME, build_mnistm, import_real_mnistm, load_backgrounds,
-                               prepare_mnistm)
+                               prepare_mnistm, random_patches)
 from dalab.errors import DataError
 
 
@@ -210,6 +210,68 @@ def test_backgrounds_folder_problems_are_named(tmp_path):
         load_backgrounds(tmp_path / "bad")
 
 
+def _gradient_photo(path: Path, w: int, h: int) -> None:
+    """A smooth photo: red rises from 0 to 255 across the width, green down the height."""
+    xs = np.linspace(0, 255, w)[None, :].repeat(h, 0)
+    ys = np.linspace(0, 255, h)[:, None].repeat(w, 1)
+    Image.fromarray(np.stack([xs, ys, np.full_like(xs, 90)], -1).astype(np.uint8)).save(path)
+
+
+def test_user_photos_are_scaled_to_bsds500_size_by_default(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    _gradient_photo(d / "big.png", 1924, 1284)  # 4x BSDS500's 481x321
+    _gradient_photo(d / "portrait.png", 60, 80)  # small ones are scaled up
+    bsds, origin = load_backgrounds(d)
+    assert sorted(p.shape for p in bsds) == [(321, 481, 3), (428, 321, 3)]
+    assert "321-px short side" in origin
+    native, origin_n = load_backgrounds(d, scale="native")
+    assert sorted(p.shape for p in native) == [(80, 60, 3), (1284, 1924, 3)]
+    assert "native resolution" in origin_n
+    # crops of the big photo: nearly flat at native resolution, not at BSDS500's scale
+    big_b, big_n = (next(p for p in ph if p.shape[1] > p.shape[0]) for ph in (bsds, native))
+    rng = np.random.default_rng(0)
+    spread = {k: np.ptp(random_patches([ph], 200, rng)[..., 0].astype(int), axis=(1, 2)).mean()
+              for k, ph in (("bsds", big_b), ("native", big_n))}
+    assert spread["native"] < 5 < 12 < spread["bsds"]
+    with pytest.raises(DataError, match="background scale 'huge'"):
+        load_backgrounds(d, scale="huge")
+
+
+def test_wheel_photos_keep_their_native_size_whatever_the_scale():
+    from dalab.data.mnistm import read_rgb, wheel_photo_paths
+
+    native = [read_rgb(p).shape for p in wheel_photo_paths()]
+    assert [p.shape for p in load_backgrounds(None, scale="bsds")[0]] == native
+
+
+@pytest.mark.parametrize("scale", [None, "bsds", "native"])
+def test_prepare_records_the_background_scale(tiny_data_copy, tmp_path, monkeypatch, capsys, scale):
+    from dalab.cli.main import main
+
+    for name in list(REGISTRY):
+        if name not in ("mnist", "mnistm"):
+            monkeypatch.delitem(REGISTRY, name)
+    d = tmp_path / "photos"
+    d.mkdir()
+    _gradient_photo(d / "big.png", 963, 642)
+    extra = [] if scale is None else ["--background-scale", scale]
+    assert main(["data", "prepare", "--data-dir", str(tiny_data_copy), "--backgrounds", str(d), *extra]) == 0
+    with np.load(tiny_data_copy / "mnistm.npz") as z:
+        assert str(z["meta_background_scale"]) == (scale or "bsds")
+    desc = load_domain("mnistm", tiny_data_copy).description
+    assert ("native resolution" if scale == "native" else "321-px short side (BSDS500's scale)") in desc
+
+
+def test_background_scale_without_backgrounds_is_refused(tmp_path, capsys):
+    from dalab.cli.main import main
+
+    assert main(["data", "prepare", "--data-dir", str(tmp_path / "d"), "--background-scale", "native"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--background-scale applies to --backgrounds DIR only" in err
+    assert not (tmp_path / "d" / "mnistm.npz").exists()
+
+
 # ------------------------------------------------------------------ determinism
 
 def test_build_mnistm_is_deterministic(tiny_data):
@@ -234,3 +296,4 @@ def test_prepare_mnistm_twice_gives_the_same_cache(tmp_path):
     a, b = caches
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert int(a["meta_seed"]) == 4
+    assert str(a["meta_background_scale"]) == "native"  # the built-in photos, as ever
