@@ -194,6 +194,22 @@ def test_prepare_with_backgrounds_dir_through_the_cli(tiny_data_copy, tmp_path, 
     assert "seed 3" in mm.description
 
 
+def test_prepare_prints_one_ready_line_per_domain_with_the_name_apart(tiny_data_copy, monkeypatch, capsys):
+    import dataclasses
+
+    from dalab.cli.main import main
+
+    for name, spec in list(REGISTRY.items()):  # other domains' builders are slow: stand-ins that do nothing
+        if name not in ("mnist", "mnistm") and spec.prepare is not None:
+            monkeypatch.setitem(REGISTRY, name, dataclasses.replace(spec, prepare=lambda root, force=False: None))
+    assert main(["data", "prepare", "--data-dir", str(tiny_data_copy)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " ready (" in ln]
+    names = [ln.split()[0] for ln in lines]
+    assert names == ["mnist", "mnistm", *[n for n, sp in REGISTRY.items() if sp.prepare and n not in names[:2]]]
+    assert {"syndigits", "uci-digits"} <= set(names)
+    assert all(ln.split()[1] == "ready" for ln in lines), lines
+
+
 def test_backgrounds_folder_problems_are_named(tmp_path):
     with pytest.raises(DataError, match="nowhere: backgrounds folder not found"):
         load_backgrounds(tmp_path / "nowhere")

@@ -89,8 +89,8 @@ def run_prepare(args) -> int:
                    force=args.force or args.backgrounds is not None,
                    background_scale=args.background_scale or "bsds")
     t2 = time.perf_counter()
-    print(f"mnist   ready ({t1 - t0:.1f} s)  {root / 'mnist.npz'}")
-    print(f"mnistm  ready ({t2 - t1:.1f} s)  {root / 'mnistm.npz'}  [{load_domain('mnistm', root).description}]")
+    print(f"{'mnist':<10} ready ({t1 - t0:.1f} s)  {root / 'mnist.npz'}")
+    print(f"{'mnistm':<10} ready ({t2 - t1:.1f} s)  {root / 'mnistm.npz'}  [{load_domain('mnistm', root).description}]")
     if args.mnistm_real:
         path = import_real_mnistm(root, args.mnistm_real)
         print(f"mnistm-real imported  {path}")
@@ -111,7 +111,7 @@ def run_prepare(args) -> int:
             t = time.perf_counter()
             takes_force = "force" in inspect.signature(spec.prepare).parameters
             spec.prepare(root, **({"force": args.force} if takes_force else {}))
-            print(f"{name:8s}ready ({time.perf_counter() - t:.1f} s)  {root / spec.cache}")
+            print(f"{name:<10} ready ({time.perf_counter() - t:.1f} s)  {root / spec.cache}")
     return 0
 
 
