@@ -13,6 +13,7 @@ from ..models.inference import accuracy_of
 from ..models.nets import ARCHS, INPUT_NORMS
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from ..training.checkpoint import CKPT_FORMAT, load_checked
+from ..training.distributed import env_dist_info
 from .common import (DEVICE_HELP, HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
                      positive_float, positive_int, print_json)
 
@@ -181,6 +182,15 @@ def _fail_if_diverged(summary: dict) -> None:
         raise TrainingFailure(f"run diverged: {summary.get('failure')}; {kept}")
 
 
+def print_summary(summary: dict, as_json: bool = False) -> None:
+    if as_json:
+        print_json(summary)
+    else:
+        print(f"{summary['method']}: {summary['source']} -> {summary['target']}  status={summary['status']}  "
+              f"source test {fmt_acc(summary['source_test_acc'])}  target test {fmt_acc(summary['target_test_acc'])}  "
+              f"({summary['train_seconds']:.1f} s training, {summary['device']}, {summary['precision']})")
+
+
 def run_train(args) -> int:
     cfg = config_from_args(args)
     if cfg.method not in METHODS:
@@ -196,12 +206,8 @@ def run_train(args) -> int:
     finally:
         if logger is not None:
             logger.close()
-    if args.json:
-        print_json(summary)
-    else:
-        print(f"{summary['method']}: {summary['source']} -> {summary['target']}  status={summary['status']}  "
-              f"source test {fmt_acc(summary['source_test_acc'])}  target test {fmt_acc(summary['target_test_acc'])}  "
-              f"({summary['train_seconds']:.1f} s training, {summary['device']}, {summary['precision']})")
+    if env_dist_info().is_main:  # under torchrun every rank ends with the summary: rank 0 prints it
+        print_summary(summary, as_json=args.json)
     _fail_if_diverged(summary)
     return 0
 
