@@ -77,3 +77,29 @@ def test_package_and_pyproject_versions_agree():
 
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert re.search(r'^version = "([^"]+)"', text, re.M).group(1) == dalab.__version__
+
+
+@pytest.mark.parametrize("argv", [(), *[a for a, _ in COMMANDS]], ids=lambda a: " ".join(a) or "dalab")
+def test_each_option_states_its_default_at_most_once_and_never_none(argv, capsys):
+    with pytest.raises(SystemExit):
+        main([*argv, "--help"])
+    out = " ".join(capsys.readouterr().out.split())  # help lines are wrapped: undo it
+    for empty in ("None", "[]", "False", "''"):
+        assert f"(default: {empty})" not in out
+    parser = build_parser()
+    for a in argv:
+        parser = next(p for (names, p) in _commands(parser) if names[-1] == a)
+    formatter = parser._get_formatter()
+    for action in parser._actions:
+        if action.help and action.help is not argparse.SUPPRESS:
+            text = formatter._expand_help(action)
+            assert text.lower().count("default") <= 1, (action.option_strings, text)
+            assert "".join(text.split()) in "".join(out.split())  # the text checked is the text shown
+
+
+def test_a_plain_default_is_still_shown(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "images per domain per step (default: 64)" in out
+    assert "(default 10; with --resume, the checkpoint's)" in out  # a hand-written note, not repeated

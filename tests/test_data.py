@@ -1,6 +1,7 @@
 """The MNIST-M builders and importers on small fixtures made here.
 
-- ``import_real_mnistm`` for the pickle dict (train/test, or train/valid/test) and for the
+- ``import_real_mnistm`` for the pickle dict (train/test, or TensorFlow's train/valid/test, checked
+  image by image against MNIST's labels) and for the
   PNG folder + labels-file layout of the original tarball;
 - ``dalab data prepare --backgrounds DIR`` (through the CLI, in-process);
 - determinism of ``build_mnistm`` / ``prepare_mnistm``.
@@ -17,7 +18,7 @@ from PIL import Image
 
 from dalab.data import REGISTRY, load_domain
 from dalab.data.mnistm import (REAL_CACHE_NAME, build_mnistm, import_real_mnistm, load_backgrounds,
-                               prepare_mnistm)
+                               prepare_mnistm, random_patches)
 from dalab.errors import DataError
 
 
@@ -30,25 +31,72 @@ def _imgs(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("layout,protocol", [("train+test", 2), ("train+valid+test", 2),
-                                             ("train+test", pickle.HIGHEST_PROTOCOL)])
-def test_import_real_mnistm_pickle(tiny_data_copy, tmp_path, layout, protocol):
+def _encode(k: np.ndarray) -> np.ndarray:
+    """28x28 RGB images whose pixels spell their index k: red = k % 256, green = k // 256."""
+    x = np.zeros((len(k), 28, 28, 3), np.uint8)
+    x[..., 0] = (k % 256)[:, None, None]
+    x[..., 1] = (k // 256)[:, None, None]
+    return x
+
+
+def _decode(x: np.ndarray) -> np.ndarray:
+    return x[:, 0, 0, 0].astype(np.int64) + 256 * x[:, 0, 0, 1].astype(np.int64)
+
+
+def _fake_mnist(root: Path, ntr: int, nva: int, nte: int) -> dict:
+    """An MNIST cache whose training image k (train then val: MNIST's order) holds k, and whose
+    labels are an irregular function of k (a shifted pairing would get most of them wrong)."""
+    k = np.arange(ntr + nva + nte)
+    labels = (k * 7 + k // 3) % 10
+    grey = _encode(k)[..., 0]
+    a = {"train_x": grey[:ntr], "train_y": labels[:ntr], "val_x": grey[ntr:ntr + nva],
+         "val_y": labels[ntr:ntr + nva], "test_x": grey[ntr + nva:], "test_y": labels[ntr + nva:]}
+    root.mkdir(parents=True, exist_ok=True)
+    np.savez(root / "mnist.npz", **a)
+    return {"k": k, "labels": labels}
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_import_real_mnistm_pickle_in_tensorflow_layout_pairs_each_image_with_its_label(tmp_path, protocol):
+    # mnistm_data.pkl was made with TensorFlow's MNIST reader: 'valid' = MNIST training images
+    # 0..4,999, 'train' = 5,000..59,999 (55k), 'test' = the 10k test images. Here the same
+    # layout at 1/100 scale (dalab's split of those 600 images: 500 train + 100 val).
+    root = tmp_path / "data"
+    fake = _fake_mnist(root, ntr=500, nva=100, nte=100)
+    mnistm = _encode(fake["k"])  # MNIST-M image k is made from MNIST image k, so it holds k too
+    obj = {"train": mnistm[50:600], "valid": mnistm[:50], "test": mnistm[600:]}
+    src = tmp_path / "mnistm_data.pkl"
+    src.write_bytes(pickle.dumps(obj, protocol=protocol))  # the public file is a protocol-2 pickle
+    assert import_real_mnistm(root, src) == root / REAL_CACHE_NAME
+    d = load_domain("mnistm-real", root)
+    assert [len(d[s]) for s in ("train", "val", "test")] == [500, 100, 100]
+    for s, first in (("train", 0), ("val", 500), ("test", 600)):
+        k = _decode(d[s].x)
+        assert np.array_equal(k, np.arange(first, first + len(d[s]))), s  # MNIST's order
+        assert np.array_equal(d[s].y, fake["labels"][k]), s  # image k carries MNIST label k
+    assert str(src) in d.description
+
+
+def test_import_real_mnistm_pickle_without_valid_keeps_mnist_order(tiny_data_copy, tmp_path):
     m = _mnist(tiny_data_copy)
     ntr, nva, nte = len(m["train_y"]), len(m["val_y"]), len(m["test_y"])
     train, test = _imgs(ntr + nva, 1), _imgs(nte, 2)
-    obj = {"train": train, "test": test} if layout == "train+test" else \
-        {"train": train[:ntr - 40], "valid": train[ntr - 40:], "test": test}
     src = tmp_path / "mnistm_data.pkl"
-    src.write_bytes(pickle.dumps(obj, protocol=protocol))  # the public file is a protocol-2 pickle
-    path = import_real_mnistm(tiny_data_copy, src)
-    assert path == tiny_data_copy / REAL_CACHE_NAME
+    src.write_bytes(pickle.dumps({"train": train, "test": test}, protocol=2))
+    import_real_mnistm(tiny_data_copy, src)
     d = load_domain("mnistm-real", tiny_data_copy)
-    assert [len(d[s]) for s in ("train", "val", "test")] == [ntr, nva, nte]
     assert np.array_equal(d["train"].x, train[:ntr]) and np.array_equal(d["val"].x, train[ntr:])
     assert np.array_equal(d["test"].x, test)
     for s in ("train", "val", "test"):  # the file holds images only: labels are MNIST's, same order
         assert np.array_equal(d[s].y, m[f"{s}_y"])
-    assert str(src) in d.description
+
+
+def test_real_mnistm_cache_of_an_older_import_is_refused(tiny_data_copy, tmp_path):
+    """Older dalab put 'valid' last, mislabelling most images: such a cache must be imported again."""
+    m = _mnist(tiny_data_copy)
+    np.savez(tiny_data_copy / REAL_CACHE_NAME, **m, meta_backgrounds=np.array("real MNIST-M from x.pkl"))
+    with pytest.raises(DataError, match=r"mnistm_real\.npz: imported by dalab 0\.6 or older.*import it again"):
+        load_domain("mnistm-real", tiny_data_copy)
 
 
 def test_import_real_mnistm_pickle_of_wrong_size_names_the_file(tiny_data_copy, tmp_path):
@@ -146,6 +194,22 @@ def test_prepare_with_backgrounds_dir_through_the_cli(tiny_data_copy, tmp_path, 
     assert "seed 3" in mm.description
 
 
+def test_prepare_prints_one_ready_line_per_domain_with_the_name_apart(tiny_data_copy, monkeypatch, capsys):
+    import dataclasses
+
+    from dalab.cli.main import main
+
+    for name, spec in list(REGISTRY.items()):  # other domains' builders are slow: stand-ins that do nothing
+        if name not in ("mnist", "mnistm") and spec.prepare is not None:
+            monkeypatch.setitem(REGISTRY, name, dataclasses.replace(spec, prepare=lambda root, force=False: None))
+    assert main(["data", "prepare", "--data-dir", str(tiny_data_copy)]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if " ready (" in ln]
+    names = [ln.split()[0] for ln in lines]
+    assert names == ["mnist", "mnistm", *[n for n, sp in REGISTRY.items() if sp.prepare and n not in names[:2]]]
+    assert {"syndigits", "uci-digits"} <= set(names)
+    assert all(ln.split()[1] == "ready" for ln in lines), lines
+
+
 def test_backgrounds_folder_problems_are_named(tmp_path):
     with pytest.raises(DataError, match="nowhere: backgrounds folder not found"):
         load_backgrounds(tmp_path / "nowhere")
@@ -160,6 +224,68 @@ def test_backgrounds_folder_problems_are_named(tmp_path):
     (tmp_path / "bad" / "x.jpg").write_text("no")
     with pytest.raises(DataError, match=r"x\.jpg: not a readable image"):
         load_backgrounds(tmp_path / "bad")
+
+
+def _gradient_photo(path: Path, w: int, h: int) -> None:
+    """A smooth photo: red rises from 0 to 255 across the width, green down the height."""
+    xs = np.linspace(0, 255, w)[None, :].repeat(h, 0)
+    ys = np.linspace(0, 255, h)[:, None].repeat(w, 1)
+    Image.fromarray(np.stack([xs, ys, np.full_like(xs, 90)], -1).astype(np.uint8)).save(path)
+
+
+def test_user_photos_are_scaled_to_bsds500_size_by_default(tmp_path):
+    d = tmp_path / "photos"
+    d.mkdir()
+    _gradient_photo(d / "big.png", 1924, 1284)  # 4x BSDS500's 481x321
+    _gradient_photo(d / "portrait.png", 60, 80)  # small ones are scaled up
+    bsds, origin = load_backgrounds(d)
+    assert sorted(p.shape for p in bsds) == [(321, 481, 3), (428, 321, 3)]
+    assert "321-px short side" in origin
+    native, origin_n = load_backgrounds(d, scale="native")
+    assert sorted(p.shape for p in native) == [(80, 60, 3), (1284, 1924, 3)]
+    assert "native resolution" in origin_n
+    # crops of the big photo: nearly flat at native resolution, not at BSDS500's scale
+    big_b, big_n = (next(p for p in ph if p.shape[1] > p.shape[0]) for ph in (bsds, native))
+    rng = np.random.default_rng(0)
+    spread = {k: np.ptp(random_patches([ph], 200, rng)[..., 0].astype(int), axis=(1, 2)).mean()
+              for k, ph in (("bsds", big_b), ("native", big_n))}
+    assert spread["native"] < 5 < 12 < spread["bsds"]
+    with pytest.raises(DataError, match="background scale 'huge'"):
+        load_backgrounds(d, scale="huge")
+
+
+def test_wheel_photos_keep_their_native_size_whatever_the_scale():
+    from dalab.data.mnistm import read_rgb, wheel_photo_paths
+
+    native = [read_rgb(p).shape for p in wheel_photo_paths()]
+    assert [p.shape for p in load_backgrounds(None, scale="bsds")[0]] == native
+
+
+@pytest.mark.parametrize("scale", [None, "bsds", "native"])
+def test_prepare_records_the_background_scale(tiny_data_copy, tmp_path, monkeypatch, capsys, scale):
+    from dalab.cli.main import main
+
+    for name in list(REGISTRY):
+        if name not in ("mnist", "mnistm"):
+            monkeypatch.delitem(REGISTRY, name)
+    d = tmp_path / "photos"
+    d.mkdir()
+    _gradient_photo(d / "big.png", 963, 642)
+    extra = [] if scale is None else ["--background-scale", scale]
+    assert main(["data", "prepare", "--data-dir", str(tiny_data_copy), "--backgrounds", str(d), *extra]) == 0
+    with np.load(tiny_data_copy / "mnistm.npz") as z:
+        assert str(z["meta_background_scale"]) == (scale or "bsds")
+    desc = load_domain("mnistm", tiny_data_copy).description
+    assert ("native resolution" if scale == "native" else "321-px short side (BSDS500's scale)") in desc
+
+
+def test_background_scale_without_backgrounds_is_refused(tmp_path, capsys):
+    from dalab.cli.main import main
+
+    assert main(["data", "prepare", "--data-dir", str(tmp_path / "d"), "--background-scale", "native"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--background-scale applies to --backgrounds DIR only" in err
+    assert not (tmp_path / "d" / "mnistm.npz").exists()
 
 
 # ------------------------------------------------------------------ determinism
@@ -186,3 +312,4 @@ def test_prepare_mnistm_twice_gives_the_same_cache(tmp_path):
     a, b = caches
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert int(a["meta_seed"]) == 4
+    assert str(a["meta_background_scale"]) == "native"  # the built-in photos, as ever

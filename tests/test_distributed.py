@@ -23,6 +23,8 @@ def _train(args, out, tiny, nproc=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    # one result line, however many ranks
+    assert [ln for ln in r.stdout.splitlines() if "status=" in ln] == [r.stdout.strip()], r.stdout
     return json.loads((out / "summary.json").read_text())
 
 
@@ -69,3 +71,35 @@ def test_other_methods_and_batch_norm_run_under_two_processes(tiny_data, tmp_pat
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["status"] == "completed" and s["world_size"] == 2 and s["config"]["batch_norm"] is True
+
+
+@pytest.mark.parametrize("rank,printed", [("0", True), ("1", False)])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_only_rank_0_prints_the_result(monkeypatch, capsys, tmp_path, rank, printed, as_json):
+    """Each rank's Trainer returns the summary; what `dalab train` prints depends on RANK alone."""
+    from dalab.cli import train_cmd
+    from dalab.cli.main import main
+
+    summary = {"method": "dann", "source": "mnist", "target": "mnistm", "status": "completed",
+               "source_test_acc": 0.9, "target_test_acc": 0.7, "train_seconds": 1.0, "device": "cpu",
+               "precision": "fp32"}
+
+    class FakeTrainer:
+        def __init__(self, *a, **k):
+            pass
+
+        def fit(self):
+            return summary
+
+    monkeypatch.setattr(train_cmd, "Trainer", FakeTrainer)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", rank)
+    monkeypatch.setenv("LOCAL_RANK", rank)
+    assert main(["train", "--out", str(tmp_path / "r"), *(["--json"] if as_json else [])]) == 0
+    out = capsys.readouterr().out
+    if not printed:
+        assert out == ""
+    elif as_json:
+        assert json.loads(out)["target_test_acc"] == 0.7
+    else:
+        assert out.count("\n") == 1 and "status=completed" in out and "70.00%" in out

@@ -154,7 +154,8 @@ def _usps_images(n, seed):
 
 
 def test_usps_h5_import(tmp_path):
-    h5py = pytest.importorskip("h5py")
+    import h5py  # in the `test` extra
+
     f = tmp_path / "usps.h5"
     with h5py.File(f, "w") as h:
         for split, n, seed in (("train", 40, 0), ("test", 20, 1)):

@@ -145,6 +145,38 @@ def test_answers_are_written_from_the_numbers():
     assert ans2["q1"] != ans["q1"]
 
 
+# ---------------------------------------------------------------- the HTML template
+def test_report_template_escapes_text_and_embeds_figures(tmp_path):
+    import base64
+
+    from PIL import Image
+
+    from dalab.reports.study_report import render_html
+
+    png = tmp_path / "f.png"
+    Image.new("RGB", (4, 3), (200, 10, 10)).save(png)
+    blocks = [("h1", "A <b>title</b>"), ("sub", "*small* print"), ("findings", ["**bold** finding"]),
+              ("list", ["a `code` item & more"]), ("answer", ["<script>alert(1)</script>", "second"]),
+              ("table", (["configuration", "acc"], [["DANN <x>", "91.0 %"]])), ("fig", "f")]
+    page = render_html(blocks, {"f": (png, 'Caption with "quotes" and **bold**')}, title="T & T")
+    assert page.startswith("<!DOCTYPE html>") and "<title>T &amp; T</title>" in page
+    assert "<h1>A &lt;b&gt;title&lt;/b&gt;</h1>" in page and '<p class="sub"><em>small</em> print</p>' in page
+    assert "<li><strong>bold</strong> finding</li>" in page and "<li>a <code>code</code> item &amp; more</li>" in page
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<td>DANN &lt;x&gt;</td>" in page
+    b64 = base64.b64encode(png.read_bytes()).decode("ascii")
+    assert f'src="data:image/png;base64,{b64}"' in page  # self-contained: the PNG is in the page
+    assert "<figcaption>Caption with &quot;quotes&quot; and <strong>bold</strong></figcaption>" in page
+    assert 'alt="Caption with &#34;quotes&#34; and **bold**"' in page
+    assert "<link" not in page and "http" not in page.replace("http-equiv", "")  # nothing fetched from outside
+
+
+def test_report_template_ships_with_the_package():
+    from importlib.resources import files
+
+    assert files("dalab.reports").joinpath("templates", "report.html.j2").is_file()
+
+
 # ---------------------------------------------------------------- the whole pipeline
 @pytest.fixture(scope="module")
 def smoke_study(tiny_data, tmp_path_factory):

@@ -34,7 +34,6 @@ def test_missing_tensorboard_is_a_one_line_error(tiny_data, tmp_path, monkeypatc
 
 
 def test_tensorboard_event_files_hold_every_metric(tiny_data, tmp_path, capsys):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "r"

@@ -24,3 +24,9 @@ class TrainingFailure(DalabError):
     """A run failed at run time (for example the loss became NaN)."""
 
     exit_code = 1
+
+
+class DiskFullError(DalabError):
+    """A file could not be written because the disk (or quota) is full."""
+
+    exit_code = 1

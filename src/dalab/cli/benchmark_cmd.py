@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import DalabError
 from ..evaluation.benchmark import SUITES, run_benchmark
-from .common import HelpFormatter, add_data_dir, positive_int, print_json
+from .common import DEVICE_HELP, HelpFormatter, add_data_dir, positive_int, print_json
 
 EPILOG = """examples:
   dalab benchmark --suite digits-mnistm --seeds 3 --out runs/bench
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--limit-train", type=positive_int, default=None)
     p.add_argument("--limit-eval", type=positive_int, default=None)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None)
-    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--jobs", type=positive_int, default=1,
                    help="independent runs in N parallel processes (each isolated; a crashed run is recorded)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

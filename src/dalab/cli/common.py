@@ -17,7 +17,15 @@ class Parser(argparse.ArgumentParser):
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+    """Adds "(default: X)" to an option's help once: not where the help already speaks of its
+    default, and not for None (no value), an empty list or an on/off flag's False."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if default is None or default is False or default == [] or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
 
 
 def _int_at_least(lowest: int, what: str):
@@ -59,6 +67,10 @@ def positive_float(s: str) -> float:
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
     return v
+
+
+# mps (Apple silicon) is resolved like cuda but is untested here: no Mac runs dalab's tests.
+DEVICE_HELP = "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps"
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:

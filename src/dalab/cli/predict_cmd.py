@@ -7,7 +7,7 @@ import sys
 
 from ..data.images import find_images, load_images
 from ..errors import DalabError
-from .common import HelpFormatter
+from .common import DEVICE_HELP, HelpFormatter
 
 EPILOG = """examples:
   dalab predict --checkpoint runs/dann/model.pt digit.png photo.jpg
@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
                        description="Classify image files or folders with a model.pt written by dalab train.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     p.add_argument("--checkpoint", required=True, help="a model.pt written by dalab train")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="cpu", help=DEVICE_HELP)
     p.add_argument("--json", action="store_true", help="print one JSON object (predictions and errors)")
     p.add_argument("--out-dir", default=None, help="segmentation models: the folder for colour-coded masks")
     p.set_defaults(func=run_predict)

@@ -9,7 +9,7 @@ from ..errors import DalabError
 from ..evaluation.selection import select_runs
 from ..evaluation.validators import VALIDATORS
 from ..training import resolve_device
-from .common import HelpFormatter, add_data_dir, positive_int, print_json
+from .common import DEVICE_HELP, HelpFormatter, add_data_dir, positive_int, print_json
 
 EPILOG = f"""validators (higher score = better; none reads a target label):
   source-acc  accuracy on the source validation split
@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--target-split", choices=["val", "train"], default="val",
                    help="unlabelled target images to score on")
     p.add_argument("--limit", type=positive_int, default=2000, help="images per split used for scoring")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--by-config", action="store_true",
                    help="also rank configurations (OUT/<entry>/seed<k> folders grouped by entry) by their "
                         "mean score over seeds")

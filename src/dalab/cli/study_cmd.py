@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import DalabError
-from .common import HelpFormatter, add_data_dir, positive_int
+from .common import DEVICE_HELP, HelpFormatter, add_data_dir, positive_int
 
 EPILOG = """examples:
   dalab study --preset quick --out runs/study            # ~30 min on 2 CPU cores
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", choices=list(PRESETS), default="quick",
                    help="quick: ~30 min on 2 CPU cores; full: the real study (GPU); smoke: test-only")
     p.add_argument("--out", required=True, help="study folder")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--seeds", type=positive_int, default=3, help="seeds per configuration")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild the report from the runs already in --out")

@@ -14,7 +14,8 @@ from ..models.nets import ARCHS, INPUT_NORMS
 from ..tasks import evaluate_model, headline
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from ..training.checkpoint import CKPT_FORMAT, load_checked
-from .common import (HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
+from ..training.distributed import env_dist_info
+from .common import (DEVICE_HELP, HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
                      positive_float, positive_int, print_json)
 
 TRAIN_EPILOG = """examples:
@@ -75,7 +76,7 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
                    help="auto: bf16 autocast where the CPU/GPU supports it")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device", default=d.device, help=DEVICE_HELP)
     p.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
     p.add_argument("--limit-eval", type=positive_int, default=None, help="evaluate on the first N images")
     p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help="epochs between evaluations")
@@ -174,7 +175,7 @@ def add_parser(sub) -> None:
     e.add_argument("--checkpoint", required=True, help="a model.pt written by dalab train")
     e.add_argument("--domain", required=True, help="a registered domain (see `dalab data list`)")
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
-    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     add_data_dir(e)
     e.set_defaults(func=run_evaluate)
@@ -189,7 +190,7 @@ def add_parser(sub) -> None:
     q.add_argument("--out", default="runs/quickstart", help="folder holding one run folder per method")
     q.add_argument("--epochs", type=positive_int, default=TrainConfig().epochs, help="epochs of every run")
     q.add_argument("--seed", type=nonneg_int, default=0, help="seed of every run")
-    q.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    q.add_argument("--device", default="auto", help=DEVICE_HELP)
     q.add_argument("--methods", default="source-only,dann", help="comma-separated methods")
     q.add_argument("--overwrite", action="store_true", help="replace finished runs in --out")
     q.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
@@ -203,6 +204,17 @@ def _fail_if_diverged(summary: dict) -> None:
         kept = (f"last good checkpoint (epoch {summary['epochs_done']}) kept" if summary.get("epochs_done")
                 else "no epoch finished, so there is no checkpoint")
         raise TrainingFailure(f"run diverged: {summary.get('failure')}; {kept}")
+
+
+def print_summary(summary: dict, as_json: bool = False) -> None:
+    if as_json:
+        print_json(summary)
+    else:
+        what = "mIoU" if summary.get("metric") == "miou" else ""
+        print(f"{summary['method']}: {summary['source']} -> {summary['target']}  status={summary['status']}  "
+              f"source test {what}{fmt_acc(headline(summary, 'source_test'))}  "
+              f"target test {what}{fmt_acc(headline(summary, 'target_test'))}  "
+              f"({summary['train_seconds']:.1f} s training, {summary['device']}, {summary['precision']})")
 
 
 def run_train(args) -> int:
@@ -220,14 +232,8 @@ def run_train(args) -> int:
     finally:
         if logger is not None:
             logger.close()
-    if args.json:
-        print_json(summary)
-    else:
-        what = "mIoU" if summary.get("metric") == "miou" else ""
-        print(f"{summary['method']}: {summary['source']} -> {summary['target']}  status={summary['status']}  "
-              f"source test {what}{fmt_acc(headline(summary, 'source_test'))}  "
-              f"target test {what}{fmt_acc(headline(summary, 'target_test'))}  "
-              f"({summary['train_seconds']:.1f} s training, {summary['device']}, {summary['precision']})")
+    if env_dist_info().is_main:  # under torchrun every rank ends with the summary: rank 0 prints it
+        print_summary(summary, as_json=args.json)
     _fail_if_diverged(summary)
     return 0
 

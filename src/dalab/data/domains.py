@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import DataError
 from .mnist import load_mnist_arrays, load_npz_checked, prepare_mnist
 from .mnistm import CACHE_NAME as MNISTM_CACHE
-from .mnistm import REAL_CACHE_NAME, prepare_mnistm
+from .mnistm import REAL_CACHE_NAME, REAL_IMPORT_VERSION, prepare_mnistm
 from .paths import data_dir
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -126,6 +126,10 @@ def _load_mnistm(root: Path) -> Domain:
 
 def _load_mnistm_real(root: Path) -> Domain:
     a = load_npz_checked(root / REAL_CACHE_NAME, "mnistm-real")
+    if int(a.get("meta_import_version", 1)) < REAL_IMPORT_VERSION:
+        raise DataError(f"{root / REAL_CACHE_NAME}: imported by dalab 0.6 or older, which paired the images of "
+                        "mnistm_data.pkl with the wrong labels; import it again with "
+                        "`dalab data prepare --mnistm-real PATH`")
     return _from_arrays("mnistm-real", str(a.get("meta_backgrounds", "real MNIST-M")), a)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import hashlib
 import json
 import os
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
+
+from ..errors import DiskFullError
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # read the process umask once (os.umask can only read by setting)
@@ -25,11 +27,23 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC/EDQUOT, or torch.save's way of saying so (its zip writer raises a RuntimeError
+    such as ``[enforce fail at inline_container.cc:672] . unexpected pos ...``)."""
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+    if isinstance(e, RuntimeError):
+        msg = str(e)
+        return any(s in msg for s in ("unexpected pos", "No space left", "file write failed"))
+    return False
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then rename the temporary file onto ``path``.
 
     The temporary file lives in the same folder, so the rename is atomic: readers
-    see either the old file or the complete new one, never a partial file.
+    see either the old file or the complete new one, never a partial file. A full
+    disk is a one-line :class:`~dalab.errors.DiskFullError` naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,9 +55,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if is_disk_full(e):
+            was = "is unchanged" if path.exists() else "was not created"
+            raise DiskFullError(f"{path}: disk full, the file could not be written; {path.name} {was} "
+                                "(writes go to a temporary file first, and it was removed). "
+                                "Free some space and run again") from None
         raise
 
 
@@ -73,16 +92,15 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 @contextlib.contextmanager
 def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """An exclusive advisory lock (``flock``) held for the ``with`` block.
+    """An exclusive lock on ``path`` held for the ``with`` block (``filelock``: flock on
+    POSIX, msvcrt on Windows).
 
     Two processes preparing the same cache serialise on it; the second then finds
     the finished cache and does nothing.
     """
+    from filelock import FileLock  # imported here: ``import dalab`` stays light
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with FileLock(str(path)):
+        yield

@@ -5,7 +5,8 @@ photo (BSDS500): ``out = |patch - 255 * digit|`` per channel, where ``digit`` is
 binarised MNIST image (``x > 0``). The real BSDS500 is not downloadable here, so by
 default the crops come from colour photos shipped inside installed wheels (scikit-image,
 scikit-learn, matplotlib). Reports call that set "MNIST-M (rebuilt)". A user's own photo
-folder (``--backgrounds DIR``, e.g. BSDS500) or the real MNIST-M files also work.
+folder (``--backgrounds DIR``, e.g. BSDS500; scaled to BSDS500's 321-px short side unless
+``--background-scale native``) or the real MNIST-M files also work.
 """
 
 from __future__ import annotations
@@ -72,8 +73,36 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DataError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
-def load_backgrounds(folder: str | os.PathLike | None = None, min_size: int = 28) -> tuple[list[np.ndarray], str]:
-    """Photos to crop from: a user folder (recursively) or the wheel photos."""
+# BSDS500's photos are 481x321 or 321x481; Ganin & Lempitsky cropped MNIST-M's 28x28
+# backgrounds from them. A user's photos are scaled to that short side by default: a 28x28
+# crop of a 4000x3000 photo at its native resolution is nearly one flat colour.
+BSDS_SHORT_SIDE = 321
+BACKGROUND_SCALES = ("bsds", "native")
+
+
+def to_bsds_scale(img: np.ndarray) -> np.ndarray:
+    """Resize (Lanczos) so that the short side is ``BSDS_SHORT_SIDE`` pixels."""
+    from PIL import Image
+
+    h, w = img.shape[:2]
+    if min(h, w) == BSDS_SHORT_SIDE:
+        return img
+    f = BSDS_SHORT_SIDE / min(h, w)
+    size = (round(w * f), round(h * f))
+    return np.asarray(Image.fromarray(img).resize(size, Image.LANCZOS), dtype=np.uint8)
+
+
+def load_backgrounds(folder: str | os.PathLike | None = None, min_size: int = 28,
+                     scale: str = "bsds") -> tuple[list[np.ndarray], str]:
+    """Photos to crop from: a user folder (recursively) or the wheel photos.
+
+    A user's photos are scaled to BSDS500's size (``scale="bsds"``) or kept as they are
+    (``"native"``); ``min_size`` applies to the photo as read. The wheel photos are always
+    used at their native resolution, whatever ``scale`` says: that is how the rebuilt
+    MNIST-M behind dalab's published results was made, so it must not change.
+    """
+    if scale not in BACKGROUND_SCALES:
+        raise DataError(f"background scale {scale!r}: expected one of {', '.join(BACKGROUND_SCALES)}")
     if folder is None:
         paths = wheel_photo_paths()
         origin = f"{len(paths)} colour photos shipped in installed wheels (scikit-image, scikit-learn, matplotlib)"
@@ -87,12 +116,14 @@ def load_backgrounds(folder: str | os.PathLike | None = None, min_size: int = 28
         paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
         if not paths:
             raise DataError(f"{root}: no images (.jpg/.png/...) in backgrounds folder")
-        origin = f"{len(paths)} photos from {root}"
+        origin = f"{len(paths)} photos from {root}, " + (
+            f"scaled to a {BSDS_SHORT_SIDE}-px short side (BSDS500's scale)" if scale == "bsds"
+            else "at native resolution")
     photos = []
     for p in paths:
         img = read_rgb(p)
         if img.shape[0] >= min_size and img.shape[1] >= min_size:
-            photos.append(img)
+            photos.append(to_bsds_scale(img) if folder is not None and scale == "bsds" else img)
     if not photos:
         raise DataError(f"no background photo is at least {min_size}x{min_size} pixels")
     return photos, origin
@@ -130,23 +161,31 @@ def build_mnistm(digits: np.ndarray, photos: Sequence[np.ndarray], seed: int) ->
 
 CACHE_NAME = "mnistm.npz"
 REAL_CACHE_NAME = "mnistm_real.npz"
+# 2: the pickle's 'valid' images go first (dalab <= 0.6 put them last, pairing most images
+# with another image's label). Caches without this mark are refused: import again.
+REAL_IMPORT_VERSION = 2
 
 
-def prepare_mnistm(root: Path, seed: int = 0, backgrounds=None, force: bool = False) -> Path:
-    """Build ``mnistm.npz`` from the MNIST cache; each split gets its own derived seed."""
+def prepare_mnistm(root: Path, seed: int = 0, backgrounds=None, force: bool = False,
+                   background_scale: str = "bsds") -> Path:
+    """Build ``mnistm.npz`` from the MNIST cache; each split gets its own derived seed.
+
+    ``background_scale`` ("bsds" or "native") applies to a user's ``backgrounds`` folder only.
+    """
     path = root / CACHE_NAME
     with file_lock(root / ".mnistm.lock"):
         if path.is_file() and not force:
             load_npz_checked(path, "mnistm")
             return path
         mnist = load_mnist_arrays(root)
-        photos, origin = load_backgrounds(backgrounds)
+        photos, origin = load_backgrounds(backgrounds, scale=background_scale)
         arrays = {}
         for i, s in enumerate(SPLITS):
             arrays[f"{s}_x"] = build_mnistm(mnist[f"{s}_x"], photos, seed=seed * 1000 + i)
             arrays[f"{s}_y"] = mnist[f"{s}_y"]
         arrays["meta_seed"] = np.array(seed)
         arrays["meta_backgrounds"] = np.array(origin)
+        arrays["meta_background_scale"] = np.array(background_scale if backgrounds is not None else "native")
         atomic_save_npz(path, **arrays)
     return path
 
@@ -156,16 +195,18 @@ def prepare_mnistm(root: Path, seed: int = 0, backgrounds=None, force: bool = Fa
 def _real_from_pickle(path: Path, mnist: dict) -> dict[str, np.ndarray]:
     """The common ``mnistm_data.pkl``: dict with 'train'/'test' (and 'valid') uint8 arrays.
 
-    Labels are those of MNIST in the same order (the file holds images only). If the file
-    has 'valid', train+valid is 60k and maps onto our 50k train + 10k val split; if it
-    has 55k train + 5k valid (the TensorFlow split) they are concatenated the same way.
+    Labels are those of MNIST in the same order (the file holds images only). The file was
+    made with TensorFlow's MNIST reader, whose 'valid' is MNIST's training images 0-4,999
+    and 'train' images 5,000-59,999: valid + train restores MNIST's order, which then maps
+    onto dalab's 50k train + 10k val split like MNIST itself. A file without 'valid' holds
+    all 60k training images in MNIST's order.
     """
     obj = safe_unpickle_numpy(path.read_bytes(), str(path))
     if not isinstance(obj, dict) or "train" not in obj or "test" not in obj:
         raise DataError(f"{path}: expected a dict with 'train' and 'test' arrays")
     train = np.asarray(obj["train"])
     if "valid" in obj:
-        train = np.concatenate([train, np.asarray(obj["valid"])])
+        train = np.concatenate([np.asarray(obj["valid"]), train])
     test = np.asarray(obj["test"])
     ntr, nva = len(mnist["train_y"]), len(mnist["val_y"])
     if len(train) != ntr + nva or len(test) != len(mnist["test_y"]):
@@ -228,5 +269,6 @@ def import_real_mnistm(root: Path, source: str | os.PathLike) -> Path:
         raise DataError(f"{src}: no such file or folder")
     path = root / REAL_CACHE_NAME
     with file_lock(root / ".mnistm_real.lock"):
-        atomic_save_npz(path, **arrays, meta_backgrounds=np.array(f"real MNIST-M from {src}"))
+        atomic_save_npz(path, **arrays, meta_backgrounds=np.array(f"real MNIST-M from {src}"),
+                        meta_import_version=np.array(REAL_IMPORT_VERSION))
     return path

@@ -4,7 +4,8 @@ Everything here is computed from a study's ``results.json`` (see
 :mod:`dalab.experiments.study`): :func:`summarize` reduces it to mean +- std per
 configuration, :func:`write_answers` turns those numbers into sentences (no number is
 written by hand), :func:`build_report` draws the figures and writes ``report.md`` and a
-self-contained ``report.html`` (images embedded as data URIs). All files are atomic.
+self-contained ``report.html`` (the Jinja2 template ``templates/report.html.j2``, images
+embedded as data URIs). All files are atomic.
 """
 
 from __future__ import annotations
@@ -626,24 +627,19 @@ def _inline_html(text: str) -> str:
     return t
 
 
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;line-height:1.55;color:#222;
- background:#f6f7f9;margin:0}
-main{max-width:1060px;margin:0 auto;padding:24px 32px 60px;background:#fff;box-shadow:0 0 12px rgba(0,0,0,.06)}
-h1{font-size:1.7em;margin:.2em 0 .1em}h2{font-size:1.3em;margin-top:1.8em;border-bottom:2px solid #e3e6ea;
- padding-bottom:.2em}h3{font-size:1.05em;margin-top:1.3em}
-.sub{color:#666;margin-top:0}.findings{background:#eef5fc;border-left:4px solid #1f77b4;padding:10px 18px;
- border-radius:4px}.findings li{margin:.35em 0}
-figure{margin:14px 0;text-align:center}figure img{max-width:100%;height:auto;border:1px solid #eee}
-figcaption{font-size:.88em;color:#555;margin-top:4px}
-table{border-collapse:collapse;width:100%;font-size:.86em;margin:10px 0}
-th,td{padding:5px 8px;border-bottom:1px solid #e5e5e5;text-align:right;white-space:nowrap}
-th:first-child,td:first-child{text-align:left;white-space:normal}
-th{background:#f0f2f5;position:sticky;top:0}tr:nth-child(even) td{background:#fafbfc}
-.answer{background:#fcfcf4;border:1px solid #ece9c8;border-radius:6px;padding:6px 16px;margin:10px 0}
-code{background:#f2f2f2;padding:1px 4px;border-radius:3px;font-size:.92em}
-.proto li{margin:.2em 0}
-"""
+def render_html(blocks: list[tuple], figures: dict[str, tuple[Path, str]], title: str) -> str:
+    """``report.html`` from ``templates/report.html.j2``: the same blocks as ``report.md``, with
+    every figure embedded as a data URI so the page is self-contained."""
+    import jinja2
+    import markupsafe
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("dalab.reports", "templates"), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["inline"] = lambda text: markupsafe.Markup(_inline_html(text))
+    embedded = {k: {"caption": cap, "b64": base64.b64encode(p.read_bytes()).decode("ascii")}
+                for k, (p, cap) in figures.items()}
+    return env.get_template("report.html.j2").render(blocks=blocks, figures=embedded, title=title)
 
 
 def build_report(results: dict, study_dir, data=None) -> dict:
@@ -715,45 +711,25 @@ def build_report(results: dict, study_dir, data=None) -> dict:
     blocks += [("h2", "Q3. The GRL factor lambda"), ("answer", ans["q3"]), ("fig", "lambda"), ("fig", "schedules")]
     blocks += [("h2", "Q4. Pseudo-labelling"), ("answer", ans["q4"]), ("fig", "pl")]
 
-    md, body = [], []
+    md = []
     for kind, val in blocks:
         if kind in ("h1", "h2", "h3"):
-            lvl = int(kind[1])
-            md.append("#" * lvl + " " + val)
-            body.append(f"<{kind}>{_inline_html(val)}</{kind}>")
+            md.append("#" * int(kind[1]) + " " + val)
         elif kind == "sub":
             md.append(f"*{val}*")
-            body.append(f'<p class="sub">{_inline_html(val)}</p>')
         elif kind == "findings":
             md.append("**Key findings (this run):**\n\n" + "\n".join(f"- {f}" for f in val))
-            body.append('<div class="findings"><strong>Key findings (this run)</strong><ul>'
-                        + "".join(f"<li>{_inline_html(f)}</li>" for f in val) + "</ul></div>")
         elif kind == "list":
             md.append("\n".join(f"- {x}" for x in val))
-            body.append('<ul class="proto">' + "".join(f"<li>{_inline_html(x)}</li>" for x in val) + "</ul>")
         elif kind == "answer":
             md.append("\n\n".join(val))
-            body.append('<div class="answer">' + "".join(f"<p>{_inline_html(p)}</p>" for p in val) + "</div>")
         elif kind == "table":
-            h, r = val
-            md.append(_md_table(h, r))
-            body.append("<table><thead><tr>" + "".join(f"<th>{html.escape(x)}</th>" for x in h) + "</tr></thead><tbody>"
-                        + "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in row) + "</tr>" for row in r)
-                        + "</tbody></table>")
+            md.append(_md_table(*val))
         elif kind == "fig":
             p, cap = figs[val]
-            rel = p.relative_to(d).as_posix()
-            md.append(f"![{cap}]({rel})\n\n*{cap}*")
-            b64 = base64.b64encode(p.read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(cap)}" src="data:image/png;base64,{b64}">'
-                        f"<figcaption>{_inline_html(cap)}</figcaption></figure>")
-    md.append(f"*Raw numbers: `results.json`; runs under `runs/`. Generated by dalab from this run's measurements.*")
-    body.append('<p class="sub">Raw numbers: <code>results.json</code>; runs under <code>runs/</code>. Generated '
-                "by dalab from this run's measurements.</p>")
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>dalab study: MNIST → MNIST-M (rebuilt)</title><style>{CSS}</style></head>"
-            f"<body><main>{''.join(body)}</main></body></html>\n")
+            md.append(f"![{cap}]({p.relative_to(d).as_posix()})\n\n*{cap}*")
+    md.append("*Raw numbers: `results.json`; runs under `runs/`. Generated by dalab from this run's measurements.*")
+    page = render_html(blocks, figs, title="dalab study: MNIST → MNIST-M (rebuilt)")
     atomic_write_text(d / "report.md", "\n\n".join(md) + "\n")
     atomic_write_text(d / "report.html", page)
     return {"md": d / "report.md", "html": d / "report.html", "figures": [str(v[0]) for v in figs.values()],

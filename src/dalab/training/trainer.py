@@ -42,16 +42,26 @@ RUN_FILES = ("summary.json", "metrics.jsonl", "model.pt", "ckpt.pt")
 STREAM_CALIBRATION = 100  # AdaBN images per domain when the domains are read from files
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
 def resolve_device(name: str) -> torch.device:
+    # Apple's "mps" is chosen after CUDA; dalab's tests only mock it (untested on a real Mac).
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _mps_available() else "cpu")
+    if name == "mps":
+        if not _mps_available():
+            raise DalabError("--device mps: Apple's MPS backend is not available on this machine (use cpu or auto)")
+        return torch.device("mps")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise DalabError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise DalabError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)")
+    raise DalabError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)")
 
 
 def cpu_has_bf16() -> bool:
