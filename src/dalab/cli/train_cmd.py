@@ -13,6 +13,7 @@ from ..models.inference import accuracy_of
 from ..models.nets import ARCHS, INPUT_NORMS
 from ..tasks import evaluate_model, headline
 from ..training import TrainConfig, Trainer, load_model, resolve_device
+from ..training.config import TASK_RECIPES
 from ..training.checkpoint import CKPT_FORMAT, load_checked
 from ..training.distributed import env_dist_info
 from .common import (DEVICE_HELP, HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
@@ -45,11 +46,14 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--source", default=d.source, help="source domain (labelled)")
     p.add_argument("--target", default=d.target, help="target domain (unlabelled for adaptation)")
     p.add_argument("--epochs", type=positive_int, default=None,
-                   help=f"passes over the source training set (default {d.epochs}; with --resume, the "
-                        "checkpoint's)")
+                   help=f"passes over the source training set (default {d.epochs}; segmentation: "
+                        f"{TASK_RECIPES['segmentation']['epochs']}; with --resume, the checkpoint's)")
     p.add_argument("--seed", type=nonneg_int, default=d.seed)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size, help="images per domain per step")
-    p.add_argument("--optimizer", choices=["sgd", "adam"], default=d.optimizer)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help=f"images per domain per step (default {d.batch_size}; segmentation: "
+                        f"{TASK_RECIPES['segmentation']['batch_size']})")
+    p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
+                   help=f"default {d.optimizer}; segmentation: {TASK_RECIPES['segmentation']['optimizer']}")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="initial learning rate (default 0.01 for sgd, 0.001 for adam)")
     p.add_argument("--adam-beta1", type=nonneg_float, default=d.adam_beta1,
@@ -117,13 +121,22 @@ def _epochs(args) -> int:
         planned = load_checked(ck, CKPT_FORMAT).get("config", {}).get("epochs")
         if isinstance(planned, int) and planned > 0:
             return planned
-    return TrainConfig().epochs
+    return _recipe(args).get("epochs", TrainConfig().epochs)
+
+
+def _recipe(args) -> dict:
+    """The defaults of the source domain's task (TASK_RECIPES), for flags not given."""
+    from ..data.domains import domain_task
+
+    return TASK_RECIPES.get(domain_task(args.source), {})
 
 
 def config_from_args(args) -> TrainConfig:
+    d, r = TrainConfig(), _recipe(args)
     return TrainConfig(
         method=args.method, source=args.source, target=args.target, epochs=_epochs(args), seed=args.seed,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr, lr_schedule=args.lr_schedule,
+        batch_size=args.batch_size if args.batch_size is not None else r.get("batch_size", d.batch_size),
+        optimizer=args.optimizer if args.optimizer is not None else r.get("optimizer", d.optimizer), lr=args.lr, lr_schedule=args.lr_schedule,
         adam_beta1=args.adam_beta1,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
         weight_decay=args.weight_decay, arch=args.arch, batch_norm=args.batch_norm, input_norm=args.input_norm,

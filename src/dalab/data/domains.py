@@ -97,9 +97,19 @@ class DomainSpec:
     load: Callable[[Path], Domain]
     prepare: Callable[..., object] | None = None
     cache: str | None = None
+    task: str = "classification"  # known before loading, e.g. to pick the task's default recipe
 
 
 REGISTRY: dict[str, DomainSpec] = {}
+
+
+def domain_task(name: str) -> str:
+    """The task of a domain name without loading it: a registered domain's, segmentation for
+    ``gta5:PATH`` / ``cityscapes:PATH``, classification for ``folder:PATH`` (and unknown names)."""
+    if name.split(":", 1)[0] in ("gta5", "cityscapes") and ":" in name:
+        return "segmentation"
+    spec = REGISTRY.get(name)
+    return spec.task if spec is not None else "classification"
 
 
 def register(spec: DomainSpec) -> DomainSpec:

@@ -66,4 +66,4 @@ for _name, _summary in (("scenes-game", "procedural street scenes, flat-shaded '
                         ("scenes-photo", "procedural street scenes, photo-textured rendering with lighting, blur and "
                          "noise (segmentation target standing in for Cityscapes; built by `dalab data prepare`)")):
     _load, _prep = _scene_loader(_name)
-    register(DomainSpec(_name, _summary, _load, _prep, f"{_name}.npz"))
+    register(DomainSpec(_name, _summary, _load, _prep, f"{_name}.npz", task="segmentation"))

@@ -42,7 +42,7 @@ from .mnistm import load_backgrounds, random_patches
 H, W = 48, 96
 SIZES = {"train": 3000, "val": 500, "test": 500}
 CHUNK = 500
-FORMAT = 1  # bump when the generator changes: the cache is rebuilt
+FORMAT = 2  # bump when the generator changes: the cache is rebuilt
 
 ROAD, SIDEWALK, BUILDING = TRAIN_ID["road"], TRAIN_ID["sidewalk"], TRAIN_ID["building"]
 POLE, SIGN, VEG = TRAIN_ID["pole"], TRAIN_ID["traffic sign"], TRAIN_ID["vegetation"]
@@ -68,13 +68,15 @@ GAME = Style("game", (0.40, 0.50), p_car=0.35, p_person=0.25, p_veg_block=0.40, 
 PHOTO = Style("photo", (0.28, 0.40), p_car=0.65, p_person=0.55, p_veg_block=0.20, textured=True,
               stands_for="Cityscapes")
 
-# base colours (RGB) per class; each object jitters around them
+# base colours (RGB) per class; each object jitters around them. The photo palette keeps each class's
+# hue family (grey road, blue-ish sky, green trees, as in both GTA5 and Cityscapes) but is duller and
+# shifted: paler hazy sky, darker foliage, greyer buildings, darker clothes and cars
 GAME_PALETTE = {ROAD: (88, 88, 96), SIDEWALK: (168, 160, 150), BUILDING: (150, 110, 80), POLE: (110, 110, 110),
                 SIGN: (230, 200, 40), VEG: (50, 140, 40), TERRAIN: (120, 180, 70), SKY: (120, 180, 250),
                 PERSON: (200, 60, 60), CAR: (40, 60, 200)}
-PHOTO_PALETTE = {ROAD: (125, 120, 118), SIDEWALK: (140, 130, 128), BUILDING: (170, 150, 130), POLE: (70, 70, 75),
-                 SIGN: (60, 90, 170), VEG: (55, 80, 45), TERRAIN: (110, 120, 70), SKY: (200, 205, 210),
-                 PERSON: (80, 70, 90), CAR: (120, 30, 35)}
+PHOTO_PALETTE = {ROAD: (112, 108, 112), SIDEWALK: (150, 144, 138), BUILDING: (128, 116, 104), POLE: (80, 80, 86),
+                 SIGN: (205, 170, 55), VEG: (62, 96, 46), TERRAIN: (118, 136, 78), SKY: (176, 196, 216),
+                 PERSON: (130, 60, 72), CAR: (55, 62, 130)}
 
 
 def _u(rng, lo, hi, shape):
