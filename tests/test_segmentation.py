@@ -253,3 +253,20 @@ def test_segmentation_bad_input_one_line_exit_2(tiny_scenes, tmp_path, args, wor
     assert r.returncode == 2, r.stderr
     assert words in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert (out / "summary.json").read_text() == '{"keep": 1}'   # nothing on disk touched
+
+
+def test_cli_takes_the_segmentation_recipe_unless_told(tiny_scenes, tmp_path):
+    from dalab.training.config import TASK_RECIPES
+
+    r = dalab("train", "--method", "source-only", "--source", "scenes-game", "--target", "scenes-photo",
+              "--precision", "fp32", "--device", "cpu", "--quiet", "--json", "--out", tmp_path / "a",
+              "--data-dir", tiny_scenes)
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)["config"]
+    rec = TASK_RECIPES["segmentation"]
+    assert (cfg["epochs"], cfg["batch_size"], cfg["optimizer"]) == (rec["epochs"], rec["batch_size"], rec["optimizer"])
+    r = dalab("train", "--method", "source-only", "--source", "scenes-game", "--target", "scenes-photo",
+              "--epochs", 1, "--batch-size", 8, "--optimizer", "sgd", "--precision", "fp32", "--device", "cpu",
+              "--quiet", "--json", "--out", tmp_path / "b", "--data-dir", tiny_scenes)
+    cfg = json.loads(r.stdout)["config"]
+    assert (cfg["epochs"], cfg["batch_size"], cfg["optimizer"]) == (1, 8, "sgd")

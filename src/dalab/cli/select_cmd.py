@@ -78,6 +78,8 @@ def run_select(args) -> int:
         n = len(res["skipped_target_label_runs"])
         print(f"not candidates: {n} run{'' if n == 1 else 's'} trained on target labels (oracle): "
               + ", ".join(res["skipped_target_label_runs"]))
+    if any(r.get("metric") == "miou" for r in res["rows"]):
+        print("segmentation runs: 'target acc' below is the target test mIoU; every pixel is a validator sample")
     print(f"ranking by {key} (higher is better; target acc = oracle, not used to rank)")
     print(f"| rank | {key:>10s} | target acc | run")
     for i, r in enumerate(res["rows"], 1):

@@ -99,6 +99,7 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
            "source": source, "target": target, "scores": scores}
     if summary is not None:
         row["target_test_acc"] = headline(summary, "target_test")  # oracle (accuracy or mIoU): for judging only
+        row["metric"] = summary.get("metric", "acc")
         row["seed"] = summary.get("seed")
     return row
 

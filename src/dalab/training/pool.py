@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.io import atomic_write_json
+from ..tasks import headline
 from .config import TrainConfig
 
 
@@ -89,7 +90,7 @@ def run_parallel(jobs_list: list[Job], jobs: int, threads: int | None = None, lo
                     reason = f"worker exited with code {rc}" + (f": {tail[0][:200]}" if tail else "")
                     res = failure_record(job.config.method, job.config.seed, reason)
                 results[job.label] = res
-                acc = res.get("target_test_acc")
+                acc = headline(res, "target_test")
                 log(f"{job.label}: {res.get('status')}" + (f", target {100 * acc:.1f}%" if acc is not None else
                                                            f" ({res.get('failure')})")
                     + f" ({time.perf_counter() - t0:.0f} s)")
