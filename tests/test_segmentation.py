@@ -270,3 +270,16 @@ def test_cli_takes_the_segmentation_recipe_unless_told(tiny_scenes, tmp_path):
               "--quiet", "--json", "--out", tmp_path / "b", "--data-dir", tiny_scenes)
     cfg = json.loads(r.stdout)["config"]
     assert (cfg["epochs"], cfg["batch_size"], cfg["optimizer"]) == (1, 8, "sgd")
+
+
+def test_unlabelled_source_for_segmentation_is_one_line_exit_2(tiny_scenes, tmp_path):
+    from PIL import Image
+
+    flat = tmp_path / "photos"
+    flat.mkdir()
+    for k in range(3):
+        Image.fromarray(np.full((20, 30, 3), 40 * k, np.uint8)).save(flat / f"p{k}.png")
+    r = dalab("train", "--method", "dann", "--source", f"folder:{flat}", "--target", "scenes-photo", "--out",
+              tmp_path / "run", "--quiet", "--data-dir", tiny_scenes)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "same task" in r.stderr and not (tmp_path / "run").exists()

@@ -17,6 +17,13 @@ Gradient reversal layer :math:`R_\lambda`
 The DANN network :math:`C(F(x))` with :math:`D(R_\lambda(F(x)))`
     ``FeatureExtractor`` (green), ``LabelHead`` (blue), ``DomainHead`` (pink), assembled by
     ``DANNNet``; ``DANNNet(feature_extractor=your_module, feature_dim=D)`` takes any backbone.
+    Segmentation: ``SegNet`` (the small default) and ``SegmentationNet(feature_extractor=...,
+    feature_dim=C)`` for any backbone that maps images to a (B, C, h, w) feature map.
+
+Tasks
+    ``task_loss(logits, y)`` is cross-entropy per image (y (B,)) or per scored pixel (y (B, H, W)
+    uint8, 255 ignored); ``evaluate_model`` gives accuracy, or mIoU from ``confusion_matrix`` and
+    ``scores_from_confusion`` over every pixel.
 
 Methods: one loss per step, usable in your own loop
     ``loss, logs = DANN().loss(model, Batch(xs, ys, xt, p=step / total))``. ``SourceOnly``,
@@ -64,6 +71,13 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "LabelHead": ("dalab.models.nets", "LabelHead"),
     "DomainHead": ("dalab.models.nets", "DomainHead"),
     "build_model": ("dalab.models.nets", "build_model"),
+    "SegNet": ("dalab.models.segnet", "SegNet"),
+    "SegmentationNet": ("dalab.models.segnet", "SegmentationNet"),
+    # tasks: losses and scores of classification and segmentation
+    "task_loss": ("dalab.tasks", "task_loss"),
+    "evaluate_model": ("dalab.tasks", "evaluate_model"),
+    "confusion_matrix": ("dalab.tasks", "confusion_matrix"),
+    "scores_from_confusion": ("dalab.tasks", "scores_from_confusion"),
     # inference / evaluation helpers
     "predict_logits": ("dalab.models.inference", "predict_logits"),
     "extract_features": ("dalab.models.inference", "extract_features"),
@@ -139,6 +153,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
                              grad_reverse)
     from .models.inference import accuracy_of, extract_features, predict_logits  # noqa: F401
     from .models.nets import DANNNet, DomainHead, FeatureExtractor, LabelHead, build_model  # noqa: F401
+    from .models.segnet import SegmentationNet, SegNet  # noqa: F401
+    from .tasks import confusion_matrix, evaluate_model, scores_from_confusion, task_loss  # noqa: F401
     from .training import (TrainConfig, Trainer, ganin_lr, load_model, save_model,  # noqa: F401
                            train)
     from .training.in_memory import FitResult, TensorData, fit  # noqa: F401
