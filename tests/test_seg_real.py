@@ -475,3 +475,22 @@ def test_cli_wrong_layout_is_one_line_exit_2(tmp_path, cityscapes):
                         tmp_path / "run", "--quiet", "--data-dir", tmp_path / "c"], capture_output=True, text=True)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "images" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_cli_evaluate_streams_cityscapes_val(gta5, cityscapes, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from dalab.training import TrainConfig, Trainer
+
+    cfg = TrainConfig(method="source-only", source=f"gta5:{gta5}", target=f"cityscapes:{cityscapes}", epochs=1,
+                      batch_size=2, crop_size=[32, 64], eval_size=[32, 64], workers=0, precision="fp32",
+                      device="cpu", data_dir=str(tmp_path / "cache"))
+    s = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    r = subprocess.run([sys.executable, "-m", "dalab", "evaluate", "--checkpoint", tmp_path / "run" / "model.pt",
+                        "--domain", f"cityscapes:{cityscapes}", "--split", "val", "--eval-size", "32x64",
+                        "--workers", "0", "--device", "cpu", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["n"] == 5 and res["miou"] == pytest.approx(s["target_test_miou"], abs=1e-6)

@@ -11,7 +11,7 @@ from ..errors import DalabError, TrainingFailure
 from ..methods import METHODS
 from ..models.inference import accuracy_of
 from ..models.nets import ARCHS, INPUT_NORMS
-from ..tasks import evaluate_model, headline
+from ..tasks import evaluate_batches, evaluate_model, headline
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from ..training.config import TASK_RECIPES
 from ..training.checkpoint import CKPT_FORMAT, load_checked
@@ -190,6 +190,9 @@ def add_parser(sub) -> None:
     e.add_argument("--split", default="test", choices=["train", "val", "test"])
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+    e.add_argument("--eval-size", type=hw_pair, default=None, metavar="HxW",
+                   help="a segmentation domain read from files: the input size (scored at the labels' full size)")
+    e.add_argument("--workers", type=nonneg_int, default=2, help="a domain read from files: DataLoader workers")
     add_data_dir(e)
     e.set_defaults(func=run_evaluate)
 
@@ -256,6 +259,8 @@ def run_evaluate(args) -> int:
     model, config = load_model(args.checkpoint, device)
     domain = load_domain(args.domain, args.data_dir)
     split = domain[args.split]
+    if getattr(split, "streamed", False):  # read from files (cityscapes:PATH): scored batch by batch
+        return _evaluate_streamed(args, model, config, domain, split)
     x, y = split.tensors(device)
     if len(y) == 0:
         raise DalabError(f"{args.domain}/{args.split}: no images to evaluate")
@@ -270,7 +275,9 @@ def run_evaluate(args) -> int:
         raise DalabError(f"{args.checkpoint} is a {config.get('task', 'classification')} model and "
                          f"{args.domain} a {task} domain")
     if task == "segmentation":
-        return _print_segmentation(args, model, x, y, bn, domain, config)
+        sc = evaluate_model(model, x, y, "segmentation", int(config.get("num_classes", domain.num_classes)),
+                            domain=bn, class_names=domain.classes)
+        return _print_segmentation(args, sc, len(y), list(y.shape[-2:]), config)
     acc = accuracy_of(model, x, y, domain=bn)
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split,
            "accuracy": acc, "n": len(y), "trained_method": config.get("method")}
@@ -281,19 +288,29 @@ def run_evaluate(args) -> int:
     return 0
 
 
-def _print_segmentation(args, model, x, y, bn, domain, config) -> int:
-    """mIoU, pixel accuracy and the per-class IoU table of a segmentation model."""
-    sc = evaluate_model(model, x, y, "segmentation", int(config.get("num_classes", domain.num_classes)),
-                        domain=bn, class_names=domain.classes)
+def _evaluate_streamed(args, model, config, domain, split) -> int:
+    """A segmentation split read from files: images at --eval-size, scored at the labels' full size."""
+    if config.get("task") != "segmentation":
+        raise DalabError(f"{args.checkpoint} is a classification model and {args.domain} a segmentation domain")
+    bn = "source" if args.domain == config.get("source") else "target"
+    loader = split.loader(2, False, workers=args.workers, size=args.eval_size)
+    sc = evaluate_batches(model, loader, "segmentation", int(config.get("num_classes", domain.num_classes)),
+                          domain=bn, class_names=domain.classes)
+    size = "full size" if args.eval_size is None else "x".join(map(str, args.eval_size))
+    return _print_segmentation(args, sc, len(split), f"input {size}, labels at full size", config)
+
+
+def _print_segmentation(args, sc: dict, n: int, resolution, config) -> int:
+    """mIoU, pixel accuracy and the per-class IoU table of a segmentation model's scores ``sc``."""
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split, "miou": sc["miou"],
            "pixel_acc": sc["pixel_acc"], "per_class_iou": sc["per_class_iou"], "classes_scored": sc["classes_scored"],
-           "n": len(y), "resolution": list(y.shape[-2:]), "trained_method": config.get("method")}
+           "n": n, "resolution": resolution, "trained_method": config.get("method")}
     if args.json:
         print_json(res)
         return 0
+    where = resolution if isinstance(resolution, str) else "labels at " + "x".join(map(str, resolution))
     print(f"{args.domain}/{args.split}: mIoU {100 * sc['miou']:.2f}% over the {sc['classes_scored']} classes present "
-          f"in the labels, pixel accuracy {100 * sc['pixel_acc']:.2f}% ({len(y)} images, labels at "
-          f"{y.shape[-2]}x{y.shape[-1]})")
+          f"in the labels, pixel accuracy {100 * sc['pixel_acc']:.2f}% ({n} images, {where})")
     print(f"| {'class':14s} | IoU     |")
     print(f"|{'-' * 16}|---------|")
     for name, iou in sc["per_class_iou"].items():
