@@ -106,11 +106,25 @@ class AdaptSeg(_OutputDiscriminatorMixin, Method):
     def setup(self, model, device) -> None:
         self._build_disc(model, device)
 
+    def maps(self, logits: torch.Tensor) -> torch.Tensor:
+        """What the discriminator reads: softmax maps (B, K, H, W)."""
+        return F.softmax(logits.float(), 1)
+
+    def target_terms(self, maps_t: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """Further weighted loss terms on the target maps, ``{log name: (weight, term)}``: none here."""
+        return {}
+
     def loss(self, model, batch: Batch):
         self._check_disc()
         ls, lt = logits_per_domain(model, batch.xs, batch.xt)
         task = task_loss(ls, batch.ys)
-        loss_d, adv, d_acc = output_space_adversarial(self.disc, F.softmax(ls.float(), 1), F.softmax(lt.float(), 1))
-        total = task + self.lambda_adv * adv + loss_d
-        return total, {"task_loss": task.detach(), "adv_loss": adv.detach(), "disc_loss": loss_d.detach(),
-                       "disc_acc": d_acc, "train_acc": accuracy(ls.detach(), batch.ys)}
+        m_s, m_t = self.maps(ls), self.maps(lt)
+        loss_d, adv, d_acc = output_space_adversarial(self.disc, m_s, m_t)
+        extra = self.target_terms(m_t)
+        total = task + self.lambda_adv * adv
+        for w, term in extra.values():
+            total = total + w * term
+        total = total + loss_d
+        return total, {"task_loss": task.detach(), "adv_loss": adv.detach(),
+                       **{k: term.detach() for k, (_, term) in extra.items()},
+                       "disc_loss": loss_d.detach(), "disc_acc": d_acc, "train_acc": accuracy(ls.detach(), batch.ys)}

@@ -46,10 +46,9 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..tasks import accuracy, task_loss
-from .adaptseg import _OutputDiscriminatorMixin, output_space_adversarial
+from .adaptseg import AdaptSeg
 from .base import Batch, Method
 from .dann import logits_per_domain
 
@@ -83,32 +82,18 @@ class MinEnt(Method):
                                               "train_acc": accuracy(ls.detach(), batch.ys)}
 
 
-class AdvEnt(_OutputDiscriminatorMixin, Method):
-    r"""Adversarial entropy minimisation, plus MinEnt's term (see the module docstring)."""
+class AdvEnt(AdaptSeg):
+    r"""Adversarial entropy minimisation, plus MinEnt's term (see the module docstring): AdaptSegNet's
+    game played on self-information maps instead of softmax maps."""
 
     name = "advent"
-    tasks = ("segmentation",)
 
     def __init__(self, lambda_adv: float = 0.001, lambda_ent: float = 0.001, ndf: int = 32):
-        super().__init__()
-        self.lambda_adv = float(lambda_adv)
+        super().__init__(lambda_adv, ndf)
         self.lambda_ent = float(lambda_ent)
-        self.ndf = int(ndf)
-        if self.ndf < 1:
-            raise ValueError(f"ndf must be >= 1, got {ndf}")
-        self.disc: nn.Module | None = None
 
-    def setup(self, model, device) -> None:
-        self._build_disc(model, device)
+    def maps(self, logits: torch.Tensor) -> torch.Tensor:
+        return self_information(logits)
 
-    def loss(self, model, batch: Batch):
-        self._check_disc()
-        ls, lt = logits_per_domain(model, batch.xs, batch.xt)
-        task = task_loss(ls, batch.ys)
-        i_s, i_t = self_information(ls), self_information(lt)
-        loss_d, adv, d_acc = output_space_adversarial(self.disc, i_s, i_t)
-        ent = i_t.sum(1).mean()
-        total = task + self.lambda_adv * adv + self.lambda_ent * ent + loss_d
-        return total, {"task_loss": task.detach(), "adv_loss": adv.detach(), "ent_loss": ent.detach(),
-                       "disc_loss": loss_d.detach(), "disc_acc": d_acc,
-                       "train_acc": accuracy(ls.detach(), batch.ys)}
+    def target_terms(self, maps_t: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        return {"ent_loss": (self.lambda_ent, maps_t.sum(1).mean())}
