@@ -189,7 +189,21 @@ class DomainHead(nn.Module):
         return self.net(f).squeeze(-1)
 
 
-class DANNNet(nn.Module):
+class ThreeParts(nn.Module):
+    """What DANN's networks share, for classification and segmentation alike: ``label_head``,
+    ``grl`` and ``domain_head`` modules, with :meth:`classify` and :meth:`domain_logits` over them."""
+
+    def classify(self, f: torch.Tensor) -> torch.Tensor:
+        return self.label_head(f)
+
+    def domain_logits(self, f: torch.Tensor, lambd: float | None = None) -> torch.Tensor:
+        """Domain logits of features ``f`` through the GRL, whose strength becomes ``lambd`` if given."""
+        if lambd is not None:
+            self.grl.lambd = float(lambd)
+        return self.domain_head(self.grl(f))
+
+
+class DANNNet(ThreeParts):
     """Features + label head + (GRL -> domain head).
 
     ``forward(x)`` returns class logits; :meth:`features`, :meth:`classify` and
@@ -222,14 +236,6 @@ class DANNNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_net(x)
-
-    def classify(self, f: torch.Tensor) -> torch.Tensor:
-        return self.label_head(f)
-
-    def domain_logits(self, f: torch.Tensor, lambd: float | None = None) -> torch.Tensor:
-        if lambd is not None:
-            self.grl.lambd = float(lambd)
-        return self.domain_head(self.grl(f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))

@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .grl import GradientReversal
-from .nets import _batch_norm_layer, _checked_input_norm, instance_normalize, to_unit_float
+from .nets import ThreeParts, _batch_norm_layer, _checked_input_norm, instance_normalize, to_unit_float
 
 
-class SegmentationNet(nn.Module):
+class SegmentationNet(ThreeParts):
     """Feature map + pixel classifier + (GRL -> pixel domain head), for any ``feature_extractor``.
 
     ``feature_extractor`` maps (B, 3, H, W) images (float in [0, 1] or uint8, which is scaled)
@@ -57,14 +57,6 @@ class SegmentationNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_net(self.prepare_input(x))
-
-    def classify(self, f: torch.Tensor) -> torch.Tensor:
-        return self.label_head(f)
-
-    def domain_logits(self, f: torch.Tensor, lambd: float | None = None) -> torch.Tensor:
-        if lambd is not None:
-            self.grl.lambd = float(lambd)
-        return self.domain_head(self.grl(f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.classify(self.features(x))
