@@ -112,6 +112,17 @@ def all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
     return bool(ok.item() > 0)
 
 
+def broadcast_choice(choice, info: DistInfo):
+    """Rank 0's value (e.g. the precision it measured) on every rank, so all ranks train alike."""
+    if not info.enabled:
+        return choice
+    import torch.distributed as dist
+
+    box = [choice]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         import torch.distributed as dist
