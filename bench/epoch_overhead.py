@@ -8,7 +8,8 @@ Both sides train DANN on Ganin's network (no batch norm, ``(x - 0.5) / 0.5``, no
 the memory format given by ``--channels-last``), 64 + 64 images per step, on the same images:
 
 - ``step loop``: the floor. The batches are sliced before the clock starts; each step sets the
-  learning rate, computes ``DANN().loss``, zeroes the gradients, runs backward and the optimiser.
+  learning rate, computes ``DANN().loss``, zeroes the gradients, runs backward and the optimiser
+  (SGD with the Trainer's settings: fused where this PyTorch has it).
 - ``Trainer``: what ``dalab train --method dann --no-batch-norm --input-norm none --ema-decay 0
   --precision fp32 --epochs 1`` runs (the CLI's progress bar off unless ``--bar``), on the same
   number of steps. ``train`` is its ``train_seconds`` (the step loop with batch slicing, schedules,
@@ -43,7 +44,12 @@ def step_loop(xs, ys, xt, steps: int, batch: int, channels_last: bool, seed: int
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = make_method("dann")
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    try:  # the Trainer's optimiser settings (fused where available), so the loop is its floor
+        from dalab.training.fastpath import optimizer_kwargs
+        fused = optimizer_kwargs("sgd", torch.device("cpu"))
+    except ImportError:  # a dalab from before fastpath.py
+        fused = {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, **fused)
     g = torch.Generator().manual_seed(seed)
     ps, pt = torch.randperm(len(xs), generator=g), torch.randperm(len(xt), generator=g)
     batches = [(xs[ps[i * batch:(i + 1) * batch]], ys[ps[i * batch:(i + 1) * batch]],

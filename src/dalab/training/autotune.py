@@ -246,6 +246,7 @@ def measure_run(model: torch.nn.Module, method, make_optimizer: Callable, data: 
     the optimiser and every RNG untouched."""
     from ..methods import Batch
     from ..models.inference import autocast_ctx
+    from .fastpath import take_rows
 
     steps = WARMUP + TIMED
     g = torch.Generator().manual_seed(seed + 7)
@@ -265,21 +266,23 @@ def measure_run(model: torch.nn.Module, method, make_optimizer: Callable, data: 
                 m = m.to(memory_format=torch.channels_last)
                 meth.to(memory_format=torch.channels_last)
             opt = make_optimizer(list(m.parameters()) + list(meth.parameters()))
-            fns[c] = _stepper(m, meth, opt, data, ps, pt, c[0], device, lr_at, total_steps, seed, Batch, autocast_ctx)
+            fns[c] = _stepper(m, meth, opt, data, ps, pt, c[0], device, lr_at, total_steps, seed, Batch, autocast_ctx,
+                              take_rows)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
         return measure(fns, sync=sync)
 
 
-def _stepper(model, method, opt, data, ps, pt, precision, device, lr_at, total_steps, seed, Batch, autocast_ctx):
+def _stepper(model, method, opt, data, ps, pt, precision, device, lr_at, total_steps, seed, Batch, autocast_ctx,
+             take_rows):
     def step(i: int) -> float:
         torch.manual_seed(seed + 1000 + i)  # the same random numbers for every candidate at step i
         p = i / max(1, total_steps)
         for grp in opt.param_groups:
             grp["lr"] = lr_at(p)
-        batch = Batch(xs=data["xs"][ps[i]] if ps is not None else None,
-                      ys=data["ys"][ps[i]] if ps is not None else None,
-                      xt=data["xt"][pt[i]] if pt is not None else None,
-                      yt=data["yt_train"][pt[i]] if (pt is not None and method.uses_target_labels) else None,
+        batch = Batch(xs=take_rows(data["xs"], ps[i]) if ps is not None else None,
+                      ys=take_rows(data["ys"], ps[i]) if ps is not None else None,
+                      xt=take_rows(data["xt"], pt[i]) if pt is not None else None,
+                      yt=take_rows(data["yt_train"], pt[i]) if (pt is not None and method.uses_target_labels) else None,
                       p=p, idx_t=pt[i] if pt is not None else None)
         model.train()
         with autocast_ctx(device, precision):

@@ -38,6 +38,7 @@ from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
 from .config import TrainConfig
 from .distributed import (all_finite, all_mean, barrier, broadcast_choice, env_dist_info, init_distributed,
                           wrap_step)
+from .fastpath import optimizer_kwargs, take_rows
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "model.pt", "ckpt.pt")
 
@@ -209,9 +210,11 @@ class Trainer:
     def _optimizer(self, params) -> torch.optim.Optimizer:
         cfg = self.cfg
         lr = cfg.resolved_lr()
+        fused = optimizer_kwargs(cfg.optimizer, self.device)  # one kernel per parameter where available
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), weight_decay=cfg.weight_decay)
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), weight_decay=cfg.weight_decay,
+                                **fused)
 
     def _choose_speed(self, model, data, resume_ck, batch: int, total: int) -> "autotune.SpeedChoice":
         """Precision and memory format (training/autotune.py); every rank takes rank 0's."""
@@ -351,12 +354,13 @@ class Trainer:
                 for g in opt.param_groups:
                     g["lr"] = lr
                 sl = slice(i * B + off, i * B + off + b)
-                batch = Batch(
-                    xs=data["xs"][ps[sl]] if ps is not None else None,
-                    ys=data["ys"][ps[sl]] if ps is not None else None,
-                    xt=data["xt"][pt[sl]] if pt is not None else None,
-                    yt=data["yt_train"][pt[sl]] if (pt is not None and self.method.uses_target_labels) else None,
-                    p=p, idx_t=pt[sl] if pt is not None else None)
+                i_s, i_t = (ps[sl] if ps is not None else None), (pt[sl] if pt is not None else None)
+                batch = Batch(  # take_rows: x[idx] without a multi-threaded element-wise gather (fastpath.py)
+                    xs=take_rows(data["xs"], i_s) if i_s is not None else None,
+                    ys=take_rows(data["ys"], i_s) if i_s is not None else None,
+                    xt=take_rows(data["xt"], i_t) if i_t is not None else None,
+                    yt=take_rows(data["yt_train"], i_t) if (i_t is not None and self.method.uses_target_labels) else None,
+                    p=p, idx_t=i_t)
                 with autocast_ctx(self.device, self.precision):
                     loss, logs = runner(batch)
                 opt.zero_grad(set_to_none=True)
