@@ -79,15 +79,22 @@ class StepModule(nn.Module):
         return self.method.loss(self.model, batch)
 
 
-def wrap_step(model: nn.Module, method: nn.Module, info: DistInfo, device: torch.device):
-    """A callable ``batch -> (loss, logs)``; DDP-wrapped when running under torchrun."""
+def wrap_step(model: nn.Module, method: nn.Module, info: DistInfo, device: torch.device,
+              every_parameter_used: bool = False):
+    """A callable ``batch -> (loss, logs)``; DDP-wrapped when running under torchrun.
+
+    ``every_parameter_used``: every parameter of the model and the method gets a gradient in each
+    step (e.g. DANN on a DANNNet), so DDP need not search the graph for unused ones after each
+    forward pass (``find_unused_parameters=False``). Otherwise (source-only never touches the domain
+    head, CDAN has its own discriminator instead) it must.
+    """
     step = StepModule(model, method)
     if not info.enabled:
         return step
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(step, device_ids=[device.index] if device.type == "cuda" else None,
-               find_unused_parameters=True)  # e.g. source-only never touches the domain head
+               find_unused_parameters=not every_parameter_used)
 
 
 def all_mean(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:

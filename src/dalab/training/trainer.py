@@ -312,7 +312,9 @@ class Trainer:
         if self.speed.channels_last:
             model.to(memory_format=torch.channels_last)
             self.method.to(memory_format=torch.channels_last)  # e.g. a teacher copy of the network
-        runner = wrap_step(model, self.method, self.dist, self.device)
+        # DANN-like methods on dalab's network use every parameter: DDP need not look for unused ones
+        runner = wrap_step(model, self.method, self.dist, self.device,
+                           every_parameter_used=self.user_model is None and self.method.needs_domain_head)
         lr0 = cfg.resolved_lr()
         history: list[dict] = []
         start_epoch, train_seconds = 0, 0.0
