@@ -14,17 +14,18 @@ rate ``0.01 / (1 + 10 p)^0.75`` and GRL ramp ``2 / (1 + exp(-10 p)) - 1``, and t
 - dalab: the real ``dalab train`` path, ``Trainer(TrainConfig(method="dann", batch_norm=False,
   input_norm="none", ema_decay=0, ...))`` with every other setting at its default (``--precision
   auto``: measured, see ``precision_choice``). Its ``train_seconds`` is the training loop; its
-  wall time adds loading the data, the precision measurement (once per machine), the evaluation
-  and the checkpoint.
+  wall time adds loading the data, the precision measurement (once per machine; the cache is
+  usually filled by the 5-step warm-up run before it), the evaluation and the checkpoint.
 - pytorch-adapt 0.0.83, as its documentation shows it: ``SourceDataset`` / ``TargetDataset`` in a
   ``CombinedSourceAndTargetDataset`` (each target image once per epoch, a random source image
   beside it), a ``DataLoader`` (batch 64, shuffled, no workers), and ``DANNHook`` (one SGD per
   model, ``SumWeighter`` with weight 1/2 on each domain loss, its GRL's weight set to Ganin's
-  lambda before each step, a ``LambdaLR`` for the learning rate). Its base datasets are
+  lambda before each step, a ``LambdaLR`` for the learning rate), after 5 untimed warm-up steps on
+  a throwaway model (dalab's side is warmed up by its precision measurement). Its base datasets are
   ``TensorDataset`` s of the uint8 image tensors (no per-sample image decoding): the cheapest
   input a user could give it. Its training seconds are its loop, data loading included.
-- the naive loop (bench/naive.py: per-sample PIL dataset, two DataLoaders, fp32): the second
-  reference (``--no-naive`` skips it).
+- the naive loop (bench/naive.py: per-sample PIL dataset, two DataLoaders, fp32), warmed up the
+  same way: the second reference (``--no-naive`` skips it).
 
 Printed per side: images per second (source + target), training seconds, target test accuracy
 (10k MNIST-M test images), and the ratio dalab / side. One process, one side after the other,
@@ -56,6 +57,7 @@ import time
 from pathlib import Path
 
 BATCH, LR0, MOMENTUM = 64, 0.01, 0.9
+WARMUP_STEPS = 5  # untimed steps on a throwaway model before the peer's and the naive loop's timed runs
 
 
 def fail(msg: str) -> int:
@@ -76,6 +78,9 @@ def run_dalab(steps: int, device: str, data_dir) -> dict:
 
     cfg = TrainConfig(method="dann", batch_norm=False, input_norm="none", ema_decay=0.0, epochs=1,
                       batch_size=BATCH, limit_train=steps * BATCH, device=device, data_dir=data_dir)
+    # warm-up as for the other sides: a short run first (with an empty precision cache it also measures)
+    warm = TrainConfig(**{**cfg.to_dict(), "limit_train": WARMUP_STEPS * BATCH, "limit_eval": BATCH})
+    Trainer(warm, progress=False).fit()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as d:
         s = Trainer(cfg, Path(d) / "run", progress=False).fit()
@@ -84,6 +89,7 @@ def run_dalab(steps: int, device: str, data_dir) -> dict:
 
 
 def run_peer(steps: int, device: str, arrays: dict) -> dict:
+    import numpy as np
     import torch
     from pytorch_adapt.datasets import CombinedSourceAndTargetDataset, SourceDataset, TargetDataset
     from pytorch_adapt.hooks import DANNHook
@@ -95,35 +101,42 @@ def run_peer(steps: int, device: str, arrays: dict) -> dict:
     from dalab.models.inference import accuracy_of
     from dalab.models.nets import DomainHead, FeatureExtractor, LabelHead
 
-    torch.manual_seed(0)
     dev = torch.device(device)
-    models = {"G": FeatureExtractor(batch_norm=False, input_norm="none").to(dev),
-              "C": LabelHead().to(dev), "D": DomainHead().to(dev)}
-    opts = [torch.optim.SGD(m.parameters(), lr=LR0, momentum=MOMENTUM) for m in models.values()]
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: ganin_lr_factor(i / steps)) for o in opts]
-    grl = GradientReversalHook(weight=0.0, apply_to=["src_imgs_features", "target_imgs_features"])
-    hook = DANNHook(opts, gradient_reversal=grl,
-                    weighter=SumWeighter(weights={"src_domain_loss": 0.5, "target_domain_loss": 0.5}))
     xs, ys, xt, yt = arrays["xs"], arrays["ys"], arrays["xt"], arrays["yt"]
-    ds = CombinedSourceAndTargetDataset(SourceDataset(TensorDataset(xs, ys)), TargetDataset(TensorDataset(xt, yt)))  # unsupervised: labels dropped
-    loader = DataLoader(ds, batch_size=BATCH, shuffle=True, drop_last=True)
-    for m in models.values():
-        m.train()
-    done = 0
-    t0 = time.perf_counter()
-    while done < steps:
-        for data in loader:
-            grl.fn.update_weight(ganin_lambda(done / steps))
-            data = batch_to_device(data, dev)
-            hook({**models, **data})
-            for s in scheds:
-                s.step()
-            done += 1
-            if done == steps:
-                break
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+
+    def train(n_steps: int, seed: int):
+        torch.manual_seed(seed)
+        np.random.seed(seed)  # CombinedSourceAndTargetDataset draws each source index with numpy
+        models = {"G": FeatureExtractor(batch_norm=False, input_norm="none").to(dev),
+                  "C": LabelHead().to(dev), "D": DomainHead().to(dev)}
+        opts = [torch.optim.SGD(m.parameters(), lr=LR0, momentum=MOMENTUM) for m in models.values()]
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda i: ganin_lr_factor(i / n_steps)) for o in opts]
+        grl = GradientReversalHook(weight=0.0, apply_to=["src_imgs_features", "target_imgs_features"])
+        hook = DANNHook(opts, gradient_reversal=grl,
+                        weighter=SumWeighter(weights={"src_domain_loss": 0.5, "target_domain_loss": 0.5}))
+        # the target dataset's labels are dropped (TargetDataset is unsupervised by default)
+        ds = CombinedSourceAndTargetDataset(SourceDataset(TensorDataset(xs, ys)), TargetDataset(TensorDataset(xt, yt)))
+        loader = DataLoader(ds, batch_size=BATCH, shuffle=True, drop_last=True)
+        for m in models.values():
+            m.train()
+        done = 0
+        t0 = time.perf_counter()
+        while done < n_steps:
+            for data in loader:
+                grl.fn.update_weight(ganin_lambda(done / n_steps))
+                data = batch_to_device(data, dev)
+                hook({**models, **data})
+                for s in scheds:
+                    s.step()
+                done += 1
+                if done == n_steps:
+                    break
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return models, done, time.perf_counter() - t0
+
+    train(WARMUP_STEPS, 1)  # warm-up (first-call imports, kernel set-up), as dalab's side gets from its measurement
+    models, done, seconds = train(steps, 0)
     net = torch.nn.Sequential(models["G"], models["C"])
     acc = accuracy_of(net, arrays["xt_test"].to(dev), arrays["yt_test"].to(dev), precision="fp32")
     return {"seconds": seconds, "wall": seconds, "acc": acc, "steps": done, "note": "fp32 NCHW"}
@@ -135,6 +148,8 @@ def run_naive(steps: int, device: str, arrays: dict) -> dict:
 
     from dalab.models.inference import accuracy_of
 
+    train_naive(arrays["xs_np"], arrays["ys_np"], arrays["xt_np"], steps=WARMUP_STEPS, batch_size=BATCH,
+                device=device, net={"batch_norm": False, "input_norm": "none"})  # warm-up, as throughput.py does
     seconds, model = train_naive(arrays["xs_np"], arrays["ys_np"], arrays["xt_np"], steps=steps, batch_size=BATCH,
                                  device=device, net={"batch_norm": False, "input_norm": "none"}, return_model=True)
     acc = accuracy_of(model, arrays["xt_test"].to(device), arrays["yt_test"].to(device), precision="fp32")
@@ -158,8 +173,10 @@ def main(argv=None) -> int:
         try:
             import pytorch_adapt  # noqa: F401
         except ImportError:
-            return fail("pytorch-adapt is not installed here; set up its environment as this script's docstring "
-                        "says (pytorch-adapt==0.0.83 with torch 2.14.1 / torchvision 0.29.1), or pass --only dalab")
+            return fail("pytorch-adapt is not installed here: in a separate venv, pip install torch==2.14.1 "
+                        "torchvision==0.29.1, then \"setuptools<81\" pytorch-adapt==0.0.83, then dalab's dependencies "
+                        "and pip install -e . --no-deps (bench/peers.py's docstring lists every step); "
+                        "or pass --only dalab")
     import torch
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
