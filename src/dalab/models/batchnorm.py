@@ -1,7 +1,7 @@
 r"""Batch norm with one set of running statistics per domain (AdaBN, Li et al. 2016).
 
-In training, batch norm normalises each batch with its own statistics; DANN feeds source and
-target batches in separate passes, so the network learns with *domain-specific* statistics.
+In training, batch norm normalises each batch with its own statistics; DANN normalises source
+and target batches separately, so the network learns with *domain-specific* statistics.
 A plain ``BatchNorm2d`` then averages both domains into one set of running statistics, and at
 evaluation time every domain is normalised with that mixture, which belongs to neither. On
 MNIST -> MNIST-M this cost DANN about 4 points of target accuracy.
