@@ -33,8 +33,9 @@ class ImageDataset(Dataset):
 
 
 def train_naive(src_x, src_y, tgt_x, steps: int, batch_size: int = 64, device="cpu",
-                lr0: float = 0.01, seed: int = 0, net: dict | None = None) -> float:
-    """Run ``steps`` DANN steps the naive way; returns seconds of training.
+                lr0: float = 0.01, seed: int = 0, net: dict | None = None, return_model: bool = False):
+    """Run ``steps`` DANN steps the naive way; returns seconds of training (and the trained model
+    with ``return_model``).
 
     ``net``: ``DANNNet`` keyword arguments, so both sides of a benchmark train the same
     network (default: Ganin's exact net). Batch norm here is plain ``nn.BatchNorm2d``.
@@ -76,4 +77,5 @@ def train_naive(src_x, src_y, tgt_x, steps: int, batch_size: int = 64, device="c
             raise RuntimeError("diverged")
     if device != "cpu":
         torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    return (seconds, model) if return_model else seconds

@@ -137,3 +137,97 @@ def test_shared_statistics_and_old_checkpoints(tiny_data, tmp_path):
 def test_bn_config_validation(tiny_data, bad):
     with pytest.raises(DalabError, match="bn"):
         _cfg(tiny_data, **bad).validate()
+
+
+# ---------------------------------------------------------------- one pass for both domains
+# Every method whose loss goes through features_per_domain / classify_per_domain / logits_per_domain.
+PER_DOMAIN_METHODS = ["dann", "no-grl", "cdan", "cdan+e", "vada", "mcc", "pseudo-label", "dann-pl",
+                      "mean-teacher", "fixmatch", "adamatch"]
+
+
+def _split_step(method_name, arch, one_pass, monkeypatch, channels_last=False):
+    """Loss, gradients, running statistics and logs of one training step on a fixed batch."""
+    import copy
+
+    import dalab.methods.dann as dann_mod
+    from dalab.methods import Batch, make_method
+
+    torch.manual_seed(0)
+    net = DANNNet(batch_norm=True, input_norm="instance", arch=arch)
+    for m in net.modules():  # conv9's dropout and noise draw other random numbers for 2B rows than for B + B
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        if hasattr(m, "std"):
+            m.std = 0.0
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    method = make_method(method_name)
+    method.setup(net, torch.device("cpu"))
+    g = torch.Generator().manual_seed(1)
+    xs = torch.randint(0, 256, (12, 3, 28, 28), dtype=torch.uint8, generator=g)
+    xt = (torch.randint(0, 256, (12, 3, 28, 28), dtype=torch.uint8, generator=g) // 2 + 60).to(torch.uint8)
+    ys = torch.randint(0, 10, (12,), generator=g)
+    method.on_epoch_start(net, 0, xt)  # pseudo-labels for the pseudo-label methods (a one-pass inference)
+    net, method = copy.deepcopy(net), copy.deepcopy(method)
+    if not one_pass:
+        monkeypatch.setattr(dann_mod, "splits_domains", lambda model: False)
+    torch.manual_seed(2)  # the same augmentations / VAT noise on both sides
+    loss, logs = method.loss(net, Batch(xs, ys, xt, p=0.3, idx_t=torch.arange(12)))
+    loss.backward()
+    monkeypatch.undo()
+    grads = {k: p.grad.clone() for k, p in list(net.named_parameters()) + list(method.named_parameters())
+             if p.grad is not None}
+    bufs = {k: b.clone() for k, b in net.named_buffers()}
+    return loss.detach(), grads, bufs, {k: v.detach().float() for k, v in logs.items()}
+
+
+# conv9 (batch norm in the label head too): one method per helper is enough, at ~1 s a method
+@pytest.mark.parametrize("method_name,arch", [(m, "ganin") for m in PER_DOMAIN_METHODS]
+                         + [(m, "conv9") for m in ("dann", "vada", "mcc", "fixmatch")])
+def test_one_pass_with_per_domain_statistics_matches_two_passes(method_name, arch, monkeypatch):
+    """One pass over the concatenated batch (DomainBatchNorm2d split at the source size) gives the
+    two-pass step: loss, every gradient, every running statistic and every logged metric agree to
+    float32 rounding (rtol 1e-4, atol 1e-5; conv9's label head is split too)."""
+    loss1, g1, b1, l1 = _split_step(method_name, arch, True, monkeypatch)
+    loss2, g2, b2, l2 = _split_step(method_name, arch, False, monkeypatch)
+    assert torch.allclose(loss1, loss2, rtol=1e-4, atol=1e-5), (loss1, loss2)
+    assert g1.keys() == g2.keys() and g1
+    for k in g1:
+        assert torch.allclose(g1[k], g2[k], rtol=1e-4, atol=1e-5), f"gradient of {k} differs"
+    assert b1.keys() == b2.keys()
+    for k in b1:
+        assert torch.allclose(b1[k].float(), b2[k].float(), rtol=1e-4, atol=1e-5), f"buffer {k} differs"
+    assert any(k.endswith("num_batches_tracked") and b1[k].tolist()[:2] != [0, 0] for k in b1)
+    for k in l1:
+        assert torch.allclose(l1[k], l2[k], rtol=1e-4, atol=1e-5), f"logged {k} differs"
+
+
+def test_one_pass_runs_the_convolutions_once_on_both_domains():
+    net = DANNNet(batch_norm=True)
+    calls = []
+    net.features_net.net[0].register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    features_per_domain(net, torch.zeros(8, 3, 28, 28, dtype=torch.uint8), torch.ones(5, 3, 28, 28, dtype=torch.uint8))
+    assert calls == [13]
+    bn = net.features_net.net[1]
+    assert bn.num_batches_tracked.tolist() == [1, 1] and bn.split is None  # split only inside the pass
+
+
+def test_plain_batchnorm_keeps_two_passes_and_shared_statistics():
+    net = DANNNet(batch_norm=True, domain_bn=False)
+    calls = []
+    net.features_net.net[0].register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    xs, xt = torch.zeros(8, 3, 28, 28, dtype=torch.uint8), torch.full((6, 3, 28, 28), 200, dtype=torch.uint8)
+    f = features_per_domain(net, xs, xt)
+    assert calls == [8, 6] and f.shape == (14, 768)
+    assert int(net.features_net.net[1].num_batches_tracked) == 2
+
+
+def test_split_at_the_ends_uses_one_domain():
+    bn = DomainBatchNorm2d(3)
+    x = torch.randn(6, 3, 4, 4)
+    bn.split = 6
+    bn(x)
+    bn.split = 0
+    bn(x + 5)
+    assert bn.num_batches_tracked.tolist() == [1, 1]
+    assert bn.running_mean[1].mean() > bn.running_mean[0].mean() + 0.4

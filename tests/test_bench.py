@@ -186,3 +186,37 @@ def test_gpu_conv9_script_rejects_bad_arguments(tiny_data, tmp_path):
     q = _gpu_conv9(tmp_path / "w", tmp_path / "r", tmp_path / "missing.pkl.gz")
     assert q.returncode == 2 and q.stderr.strip() == f"gpu_conv9.sh: {tmp_path / 'missing.pkl.gz'}: no such file"
     assert not (tmp_path / "w").exists()  # nothing was created before the arguments were checked
+
+
+# bench/peers.py: dalab against pytorch-adapt (which lives in its own environment, see the script)
+PEERS_WITHOUT_ADAPT = ("import runpy, sys; sys.modules['pytorch_adapt'] = None; "  # as if it were not installed
+                       "sys.argv = [sys.argv[1]] + sys.argv[2:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def _peers(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", PEERS_WITHOUT_ADAPT, str(BENCH / "peers.py"), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_peers_without_pytorch_adapt_says_how_to_install_it_and_exits_2(tiny_data):
+    r = _peers("--steps", "5", "--data-dir", str(tiny_data))
+    assert r.returncode == 2 and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pytorch-adapt==0.0.83" in lines[0] and "pip install" in lines[0]
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--device", "tpu"], ["--steps", "100000"]])
+def test_peers_bad_input_exits_2(tiny_data, args):
+    r = _peers("--only", "dalab", "--data-dir", str(tiny_data), *args)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and r.stdout == ""
+
+
+def test_peers_dalab_side_runs_the_trainer(tiny_data):
+    r = _peers("--only", "dalab", "--steps", "5", "--data-dir", str(tiny_data))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("dalab ")]
+    assert len(rows) == 1 and " img/s | training " in rows[0] and "target test acc" in rows[0]
+    assert "pytorch-adapt" not in r.stdout.split("\n", 1)[1]  # no peer row

@@ -25,6 +25,8 @@ def _train(args, out, tiny, nproc=None):
     assert r.returncode == 0, r.stderr[-2000:]
     # one result line, however many ranks
     assert [ln for ln in r.stdout.splitlines() if "status=" in ln] == [r.stdout.strip()], r.stdout
+    # DDP is told which methods use every parameter: no warning about a wasted search for unused ones
+    assert "find_unused_parameters=True" not in r.stderr, r.stderr[-2000:]
     return json.loads((out / "summary.json").read_text())
 
 
@@ -59,9 +61,10 @@ def test_global_batch_must_divide_by_world_size(tiny_data, tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("method", ["cdan", "mean-teacher"])
+@pytest.mark.parametrize("method", ["cdan", "mean-teacher", "vada"])
 def test_other_methods_and_batch_norm_run_under_two_processes(tiny_data, tmp_path, method):
-    """Methods with their own modules (CDAN's discriminator, the EMA teacher) and default BN."""
+    """Methods with their own modules (CDAN's discriminator, the EMA teacher), VADA (every parameter used,
+    VAT's extra passes inside the step) and default BN."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--rdzv-backend", "c10d",
            "--rdzv-endpoint", "localhost:0", "-m", "dalab", "train", "--data-dir", str(tiny_data),
@@ -69,6 +72,7 @@ def test_other_methods_and_batch_norm_run_under_two_processes(tiny_data, tmp_pat
            "--method", method, "--precision", "fp32"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
+    assert "find_unused_parameters=True" not in r.stderr, r.stderr[-2000:]
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert s["status"] == "completed" and s["world_size"] == 2 and s["config"]["batch_norm"] is True
 

@@ -78,8 +78,10 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="with batch norm: evaluate each domain with its own statistics, recomputed from N "
                         "unlabelled training images per domain (AdaBN); 0 = statistics tracked in training")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
-                   help="auto: bf16 autocast where the CPU/GPU supports it")
-    p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+                   help="auto: time fp32 and bf16 autocast (x NCHW / channels_last) for a few steps on this run's "
+                        "network and keep the fastest whose loss agrees with fp32's (cached per machine)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=d.channels_last,
+                   help="memory format (default: measured with --precision auto, else channels_last)")
     p.add_argument("--device", default=d.device, help=DEVICE_HELP)
     p.add_argument("--limit-train", type=positive_int, default=None, help="use the first N training images")
     p.add_argument("--limit-eval", type=positive_int, default=None, help="evaluate on the first N images")

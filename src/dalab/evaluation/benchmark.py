@@ -200,7 +200,9 @@ def _run_config(entry: SuiteEntry, pair: tuple[str, str], seed: int, out: Path, 
 
 # What a dalab 0.1 run did for settings its summary does not record.
 LEGACY_SETTINGS = {"bn_stats": "shared"}
-NOT_COMPARED = ("device", "data_dir", "init_from", "workers")
+# workers: how files are read; channels_last: a memory format (measured by --precision auto since it can be
+# null); neither is part of the recipe
+NOT_COMPARED = ("device", "data_dir", "init_from", "workers", "channels_last")
 
 
 def stale_settings(summary: dict, cfg: dict) -> list[str]:

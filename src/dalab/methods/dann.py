@@ -14,7 +14,8 @@ GRL of strength :math:`\lambda_p`, one step minimises
 apart while the features learn to make them indistinguishable (the saddle point of the paper).
 
 Shapes: ``xs`` (B,3,28,28), ``xt`` (B,3,28,28) -> features (2B, 768) computed in *one*
-pass -> class logits (B, 10) on the source half, domain logits (2B,).
+pass (with per-domain batch norm too: :func:`features_per_domain`) -> class logits (B, 10) on
+the source half, domain logits (2B,).
 
 Segmentation (DANN on pixels): features are a map (2B, C, h, w), the label head gives (B, K, h, w)
 logits scored against (B, H, W) label maps after bilinear upsampling (:func:`dalab.tasks.task_loss`,
@@ -32,7 +33,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models.batchnorm import bn_domain, has_batch_norm
+from ..models.batchnorm import bn_domain, bn_split, has_batch_norm, splits_domains
 from ..models.grl import LambdaSchedule
 from ..tasks import task_loss
 from .base import Batch, Method, accuracy
@@ -72,31 +73,40 @@ def nonsaturating_domain_losses(head, f: torch.Tensor, n_source: int
 def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """Features of source then target, (Bs + Bt, D).
 
-    Without batch norm one pass over the concatenated batch (fastest, same maths). With
-    batch norm, one pass per domain, so each domain is normalised with its own batch
-    statistics during training (as in common DANN implementations and AdaBN), and each
-    pass updates its own domain's running statistics (:mod:`dalab.models.batchnorm`).
+    Each domain is normalised with its own batch statistics during training (as in common
+    DANN implementations and AdaBN), and updates its own domain's running statistics
+    (:mod:`dalab.models.batchnorm`). The network runs once over the concatenated batch:
+    without batch norm, and with per-domain batch norm, which then normalises the source rows
+    and the target rows separately inside that one pass (:func:`~dalab.models.batchnorm.bn_split`).
+    A network with plain ``BatchNorm2d`` (``--bn-stats shared``) takes one pass per domain.
     """
-    if has_batch_norm(model):
-        with bn_domain(model, "source"):
-            fs = model.features(xs)
-        with bn_domain(model, "target"):
-            ft = model.features(xt)
-        return torch.cat([fs, ft])
-    return model.features(torch.cat([xs, xt]))
+    if not has_batch_norm(model):
+        return model.features(torch.cat([xs, xt]))
+    if splits_domains(model):
+        with bn_split(model, len(xs)):
+            return model.features(torch.cat([xs, xt]))
+    with bn_domain(model, "source"):
+        fs = model.features(xs)
+    with bn_domain(model, "target"):
+        ft = model.features(xt)
+    return torch.cat([fs, ft])
 
 
 def classify_per_domain(model, f: torch.Tensor, n_source: int) -> torch.Tensor:
     """Class logits ``model.classify(f)`` of features whose first ``n_source`` rows are source and
     the rest target, (len(f), K).
 
-    A label head without batch norm (Ganin's) takes them in one pass. A head with batch norm
-    (``--arch conv9``'s third conv block) takes each domain in its own pass, with that domain's
-    statistics, as :func:`features_per_domain` does for the extractor.
+    A label head without batch norm (Ganin's) takes them in one pass; so does a head with
+    per-domain batch norm (``--arch conv9``'s third conv block), each domain normalised with its
+    own statistics, as in :func:`features_per_domain`. A head with plain ``BatchNorm2d`` takes
+    each domain in its own pass.
     """
     head = getattr(model, "label_head", None)
     if head is None or not has_batch_norm(head):
         return model.classify(f)
+    if splits_domains(head):
+        with bn_split(model, n_source):
+            return model.classify(f)
     parts = []
     for dom, part in (("source", f[:n_source]), ("target", f[n_source:])):
         if len(part):
@@ -108,13 +118,17 @@ def classify_per_domain(model, f: torch.Tensor, n_source: int) -> torch.Tensor:
 def logits_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits ``model(x)`` of source and target batches, with the same rule as
     :func:`features_per_domain` (works for any network that maps images to logits)."""
-    if has_batch_norm(model):
+    if not has_batch_norm(model):
+        out = model(torch.cat([xs, xt]))
+    elif splits_domains(model):
+        with bn_split(model, len(xs)):
+            out = model(torch.cat([xs, xt]))
+    else:
         with bn_domain(model, "source"):
             ls = model(xs)
         with bn_domain(model, "target"):
             lt = model(xt)
         return ls, lt
-    out = model(torch.cat([xs, xt]))
     return out[:len(xs)], out[len(xs):]
 
 

@@ -1,7 +1,7 @@
 r"""Batch norm with one set of running statistics per domain (AdaBN, Li et al. 2016).
 
-In training, batch norm normalises each batch with its own statistics; DANN feeds source and
-target batches in separate passes, so the network learns with *domain-specific* statistics.
+In training, batch norm normalises each batch with its own statistics; DANN normalises source
+and target batches separately, so the network learns with *domain-specific* statistics.
 A plain ``BatchNorm2d`` then averages both domains into one set of running statistics, and at
 evaluation time every domain is normalised with that mixture, which belongs to neither. On
 MNIST -> MNIST-M this cost DANN about 4 points of target accuracy.
@@ -19,6 +19,13 @@ unlabelled images of that domain with the current weights (AdaBN); the trainer d
 source and target training images before every evaluation, so no label is involved. A row
 that was never filled falls back to row 0, so a model trained on one domain evaluates any
 domain with that domain's statistics.
+
+One pass for both domains: with ``split = n`` (set for a whole network with :func:`bn_split`),
+a :class:`DomainBatchNorm2d` normalises rows ``[:n]`` of its input with source statistics and
+rows ``[n:]`` with target statistics, updating each domain's running statistics, so the
+convolutions and linear layers run once over the concatenated source + target batch instead
+of once per domain. Every other layer treats rows independently, so this is the two-pass
+computation in one pass (the same maths, up to float rounding).
 
 Running statistics are buffers: they travel with ``state_dict()``, checkpoints and DDP.
 """
@@ -58,6 +65,7 @@ class DomainBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(num_domains, num_features))
         self.register_buffer("num_batches_tracked", torch.zeros(num_domains, dtype=torch.long))
         self.domain = 0
+        self.split: int | None = None  # rows [:split] source, [split:] target (see bn_split)
 
     def reset_domain(self, d: int) -> None:
         self.running_mean[d].zero_()
@@ -65,7 +73,14 @@ class DomainBatchNorm2d(nn.Module):
         self.num_batches_tracked[d].zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        d = self.domain
+        n = self.split
+        if n is not None:
+            if 0 < n < len(x):  # both domains in one batch: each part with its own statistics
+                return torch.cat([self._norm(x[:n], 0), self._norm(x[n:], 1)])
+            return self._norm(x, 0 if n >= len(x) else 1)
+        return self._norm(x, self.domain)
+
+    def _norm(self, x: torch.Tensor, d: int) -> torch.Tensor:
         if self.training:
             self.num_batches_tracked[d] += 1
             factor = self.momentum
@@ -80,6 +95,34 @@ class DomainBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, num_domains={self.num_domains}, eps={self.eps}, momentum={self.momentum}"
+
+
+def splits_domains(model: nn.Module) -> bool:
+    """Whether one pass of ``model`` over a concatenated source + target batch can give each domain
+    its own batch statistics: it has batch norm, and all of it is :class:`DomainBatchNorm2d`
+    (a plain ``BatchNorm2d`` would mix the domains, so such a network keeps one pass per domain)."""
+    found = False
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return False
+        found = found or isinstance(m, DomainBatchNorm2d)
+    return found
+
+
+@contextlib.contextmanager
+def bn_split(model: nn.Module, n_source: int):
+    """Inside the block, every :class:`DomainBatchNorm2d` of ``model`` treats the first ``n_source``
+    rows of its input as source and the rest as target (each normalised with, and updating, its
+    own domain's statistics)."""
+    mods = domain_bns(model)
+    old = [m.split for m in mods]
+    for m in mods:
+        m.split = int(n_source)
+    try:
+        yield
+    finally:
+        for m, o in zip(mods, old):
+            m.split = o
 
 
 def has_batch_norm(model: nn.Module) -> bool:

@@ -144,8 +144,8 @@ class Conv9Head(nn.Module):
 
     Shu et al.'s third block (three 3x3 convolutions, batch norm, leaky ReLU 0.1), global
     average pooling and one linear layer. Its batch norm follows the same per-domain rule as
-    the extractor's, so methods classify source and target features in separate passes
-    (:func:`dalab.methods.dann.classify_per_domain`).
+    the extractor's, so methods classify source and target features each with their own batch
+    statistics (:func:`dalab.methods.dann.classify_per_domain`).
     """
 
     def __init__(self, width: int = 64, num_classes: int = 10, batch_norm: bool = True, domain_bn: bool = True):

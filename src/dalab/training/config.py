@@ -48,8 +48,10 @@ class TrainConfig:
     # "shared" is plain batch norm, one set of statistics for every domain (dalab 0.1)
     bn_stats: str = "domain"
     bn_calibration: int = 5000
+    # auto: the fastest of fp32 / bf16 (x NCHW / channels_last) whose loss agrees with fp32's, measured on
+    # this run's network, method, batch and device and cached per machine (training/autotune.py)
     precision: str = "auto"         # auto | fp32 | bf16
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: measured with precision auto; channels_last with an explicit one
     device: str = "auto"
     limit_train: int | None = None  # use only the first N training images of each domain
     limit_eval: int | None = None   # evaluate on the first N images of each eval split
@@ -113,6 +115,8 @@ class TrainConfig:
             bad(f"--workers must be an integer >= 0, got {self.workers!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             bad(f"unknown precision {self.precision!r} (auto, fp32, bf16)")
+        if not (self.channels_last is None or isinstance(self.channels_last, bool)):
+            bad(f"channels_last must be true, false or null (auto), got {self.channels_last!r}")
         return self
 
     def to_dict(self) -> dict:

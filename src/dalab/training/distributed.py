@@ -22,6 +22,7 @@ to float tolerance, not bit for bit).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -78,15 +79,22 @@ class StepModule(nn.Module):
         return self.method.loss(self.model, batch)
 
 
-def wrap_step(model: nn.Module, method: nn.Module, info: DistInfo, device: torch.device):
-    """A callable ``batch -> (loss, logs)``; DDP-wrapped when running under torchrun."""
+def wrap_step(model: nn.Module, method: nn.Module, info: DistInfo, device: torch.device,
+              every_parameter_used: bool = False):
+    """A callable ``batch -> (loss, logs)``; DDP-wrapped when running under torchrun.
+
+    ``every_parameter_used``: every parameter of the model and the method gets a gradient in each
+    step (e.g. DANN on a DANNNet), so DDP need not search the graph for unused ones after each
+    forward pass (``find_unused_parameters=False``). Otherwise (source-only never touches the domain
+    head, CDAN has its own discriminator instead) it must.
+    """
     step = StepModule(model, method)
     if not info.enabled:
         return step
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     return DDP(step, device_ids=[device.index] if device.type == "cuda" else None,
-               find_unused_parameters=True)  # e.g. source-only never touches the domain head
+               find_unused_parameters=not every_parameter_used)
 
 
 def all_mean(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, torch.Tensor]:
@@ -115,12 +123,25 @@ def all_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
 
 def all_finite(loss: torch.Tensor, info: DistInfo) -> bool:
     """True when the loss is finite on every rank (so all ranks stop together)."""
+    if not info.enabled:  # one read of the scalar instead of four small operations
+        return math.isfinite(loss.detach().float().item())
     ok = torch.isfinite(loss.detach()).all().float().reshape(1)
     if info.enabled:
         import torch.distributed as dist
 
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item() > 0)
+
+
+def broadcast_choice(choice, info: DistInfo):
+    """Rank 0's value (e.g. the precision it measured) on every rank, so all ranks train alike."""
+    if not info.enabled:
+        return choice
+    import torch.distributed as dist
+
+    box = [choice]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier(info: DistInfo) -> None:

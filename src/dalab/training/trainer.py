@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..data import load_domain
+from ..data import data_dir, load_domain
 from ..data.folder import check_pair
 from ..data.io import atomic_write_json, atomic_write_text, sha256_file
 from ..errors import DalabError, TrainingFailure
@@ -34,9 +34,12 @@ from ..models.batchnorm import calibrate_bn, domain_bns, has_batch_norm
 from ..models.inference import accuracy_of, autocast_ctx
 from ..models.nets import CHECKPOINT_ARCH, DANNNet
 from ..tasks import TASKS, evaluate_batches, evaluate_model, metric_of
+from . import autotune
 from .checkpoint import CKPT_FORMAT, load_checked, save_atomic, save_model
 from .config import TrainConfig
-from .distributed import all_finite, all_mean, all_sum, barrier, env_dist_info, init_distributed, wrap_step
+from .distributed import (all_finite, all_mean, all_sum, barrier, broadcast_choice, env_dist_info,
+                          init_distributed, wrap_step)
+from .fastpath import optimizer_kwargs, take_rows
 
 RUN_FILES = ("summary.json", "metrics.jsonl", "model.pt", "ckpt.pt")
 STREAM_CALIBRATION = 100  # AdaBN images per domain when the domains are read from files
@@ -62,22 +65,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise DalabError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N, mps)")
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
 
 
 def ganin_lr(lr0: float, p: float) -> float:
@@ -135,7 +122,9 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
-        self.precision = resolve_precision(config.precision, self.device)
+        # "auto" until fit() measures (training/autotune.py); then what the run trains with
+        self.precision = config.precision
+        self.speed: autotune.SpeedChoice | None = None
 
     # ------------------------------------------------------------------ set-up
     def _prepare_out(self) -> dict | None:
@@ -152,8 +141,9 @@ class Trainer:
             # default's behaviour then: Ganin's network, Adam's beta1 0.9
             theirs = {**TrainConfig().to_dict(), **{k: v for k, v in ck["config"].items() if k in mine}}
             # init_from is not compared: a resumed run's weights come from the checkpoint
+            # channels_last None ("auto"): the memory format the checkpoint's run trained with
             diff = [k for k in mine if k not in ("device", "data_dir", "epochs", "init_from", "workers")
-                    and theirs.get(k) != mine[k]]
+                    and theirs.get(k) != mine[k] and not (k == "channels_last" and mine[k] is None)]
             if diff:
                 raise DalabError(f"--resume: {self.out}/ckpt.pt was made with other settings ({', '.join(diff)})")
             if int(ck["epoch"]) > self.cfg.epochs:
@@ -285,17 +275,56 @@ class Trainer:
             except RuntimeError:
                 raise DalabError(f"--init-from {cfg.init_from}: weights do not fit this network "
                                  "(batch norm setting differs?)") from None
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
         self.method.to(self.device)
         self.method.setup(model, self.device)
-        params = list(model.parameters()) + list(self.method.parameters())
+        return model, self._optimizer(list(model.parameters()) + list(self.method.parameters()))
+
+    def _optimizer(self, params) -> torch.optim.Optimizer:
+        cfg = self.cfg
         lr = cfg.resolved_lr()
+        fused = optimizer_kwargs(cfg.optimizer, self.device)  # one kernel per parameter where available
         if cfg.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        else:
-            opt = torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), weight_decay=cfg.weight_decay)
-        return model, opt
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+        return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), weight_decay=cfg.weight_decay,
+                                **fused)
+
+    def _choose_speed(self, model, data, resume_ck, batch: int, total: int) -> "autotune.SpeedChoice":
+        """Precision and memory format (training/autotune.py); every rank takes rank 0's."""
+        cfg = self.cfg
+        net = ({"arch": cfg.arch, "batch_norm": cfg.batch_norm, "bn_stats": cfg.bn_stats, "input_norm": cfg.input_norm}
+               if self.user_model is None else
+               {"custom": type(model).__name__, "shapes": [list(p.shape) for p in model.parameters()]})
+        lr0 = cfg.resolved_lr()
+        choice = None
+        if data.get("streamed") and self.dist.is_main:  # measure on the first crops of each training loader
+            data = self._stream_sample(data, (autotune.WARMUP + autotune.TIMED) * batch)
+        if self.dist.is_main:
+            choice = autotune.resolve(
+                cfg.precision, cfg.channels_last, self.device, resume_ck=resume_ck,
+                cache_dir=data_dir(cfg.data_dir),
+                key=autotune.cache_key(self.device, net, self.method.name, cfg.method_args, batch, cfg.channels_last),
+                run=lambda cands: autotune.measure_run(
+                    model, self.method, self._optimizer, data, batch, self.device, cands,
+                    lambda p: ganin_lr(lr0, p) if cfg.lr_schedule == "ganin" else lr0, total, cfg.seed),
+                batch=batch)
+        return broadcast_choice(choice, self.dist)
+
+    def _stream_sample(self, data: dict, n: int) -> dict:
+        """The first ``n`` training crops (and labels) of each domain read from files, as in-memory tensors
+        under the keys of in-memory data, for measurements that index rows."""
+        out = {}
+        for key, ykey in (("xs", "ys"), ("xt", "yt_train")):
+            loader = data.get(f"{key}_loader")
+            if loader is None:
+                continue
+            xs, ys = [], []
+            for x, y in loader:
+                xs.append(x)
+                ys.append(y)
+                if sum(len(v) for v in xs) >= n:
+                    break
+            out[key], out[ykey] = torch.cat(xs).to(self.device), torch.cat(ys).to(self.device)
+        return out
 
     def model_config(self) -> dict:
         return {"arch": CHECKPOINT_ARCH[self.cfg.arch] if self.user_model is None else "custom",
@@ -399,8 +428,15 @@ class Trainer:
             resume_ck = load_checked(self.out / "ckpt.pt", CKPT_FORMAT)
         steps = n_primary // B
         b, off = B // W, self.dist.rank * (B // W)  # this rank's slice of each global batch
-        runner = wrap_step(model, self.method, self.dist, self.device)
         total = steps * cfg.epochs
+        self.speed = self._choose_speed(model, data, resume_ck, b, total)
+        self.precision = self.speed.precision
+        if self.speed.channels_last:
+            model.to(memory_format=torch.channels_last)
+            self.method.to(memory_format=torch.channels_last)  # e.g. a teacher copy of the network
+        # DANN-like methods on dalab's network use every parameter: DDP need not look for unused ones
+        runner = wrap_step(model, self.method, self.dist, self.device,
+                           every_parameter_used=self.user_model is None and self.method.needs_domain_head)
         lr0 = cfg.resolved_lr()
         history: list[dict] = []
         start_epoch, train_seconds = 0, 0.0
@@ -529,11 +565,13 @@ class Trainer:
         def resident():
             for i in range(steps):
                 sl = slice(i * B + off, i * B + off + b)
-                yield (data["xs"][ps[sl]] if ps is not None else None,
-                       data["ys"][ps[sl]] if ps is not None else None,
-                       data["xt"][pt[sl]] if pt is not None else None,
-                       data["yt_train"][pt[sl]] if pt is not None and labels_t else None,
-                       pt[sl] if pt is not None else None)
+                i_s, i_t = (ps[sl] if ps is not None else None), (pt[sl] if pt is not None else None)
+                # take_rows: x[idx] without a multi-threaded element-wise gather (fastpath.py)
+                yield (take_rows(data["xs"], i_s) if i_s is not None else None,
+                       take_rows(data["ys"], i_s) if i_s is not None else None,
+                       take_rows(data["xt"], i_t) if i_t is not None else None,
+                       take_rows(data["yt_train"], i_t) if i_t is not None and labels_t else None,
+                       i_t)
         return resident()
 
     def _bn_description(self) -> str | None:
@@ -561,7 +599,7 @@ class Trainer:
         atomic_write_text(self.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
         save_atomic({"format": CKPT_FORMAT, "config": self.cfg.to_dict(), "epoch": epoch,
                      "model": model.state_dict(), "method": self.method.state_dict(),
-                     "optimizer": opt.state_dict(),
+                     "optimizer": opt.state_dict(), "speed_choice": self.speed.to_dict(),
                      "rng": _rng_state(gen), "train_seconds": train_seconds,
                      "history": [json.dumps(r) for r in history], "epochs_changed_from": self._epochs_changed_from,
                      **({"init_from_sha256": self._init_sha256} if self._init_sha256 else {}),
@@ -579,7 +617,8 @@ class Trainer:
                for k in self._score_keys()},
             "train_seconds": round(train_seconds, 3), "wall_seconds": round(wall, 3),
             "device": str(self.device), "device_name": _device_name(self.device),
-            "precision": self.precision, "dalab_version": __version__, "torch_version": torch.__version__,
+            "precision": self.precision, "memory_format": self.speed.memory_format,
+            "precision_choice": self.speed.how, "dalab_version": __version__, "torch_version": torch.__version__,
             "steps_per_epoch": steps, "images_per_step": cfg.batch_size * (2 if self.method.uses_target and
                                                                           self.method.name != "target-only" else 1),
             "uses_target_labels": self.method.uses_target_labels,
