@@ -135,3 +135,25 @@ def test_bad_channels_last(bad):
     from dalab.errors import DalabError
     with pytest.raises(DalabError, match="channels_last"):
         TrainConfig(channels_last=bad).validate()
+
+
+def test_resuming_a_checkpoint_without_a_recorded_choice_measures_once_and_says_so(tiny_data_copy, tmp_path,
+                                                                                    monkeypatch):
+    """A checkpoint written before the choice was recorded (config channels_last True, no speed_choice):
+    the memory format it trained with is kept, the precision is measured and the summary says why."""
+    from dalab.training.checkpoint import CKPT_FORMAT, load_checked, save_atomic
+
+    monkeypatch.setattr(autotune, "measure_run", _stub(FAST_BF16_CL))
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_data_copy), out, progress=False).fit()
+    ck = load_checked(out / "ckpt.pt", CKPT_FORMAT)
+    ck.pop("speed_choice")
+    ck.pop("sha256", None)
+    ck["config"]["channels_last"] = True
+    save_atomic(ck, out / "ckpt.pt")
+    calls = []
+    monkeypatch.setattr(autotune, "measure_run", _stub(FAST_BF16_CL, calls=calls))
+    s = Trainer(_cfg(tiny_data_copy, epochs=2), out, progress=False, resume=True).fit()
+    assert calls == [[("fp32", True), ("bf16", True)]]
+    assert (s["precision"], s["memory_format"]) == ("bf16", "channels_last")
+    assert "the checkpoint does not record the precision it trained with" in s["precision_choice"]
