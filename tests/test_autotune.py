@@ -157,3 +157,25 @@ def test_resuming_a_checkpoint_without_a_recorded_choice_measures_once_and_says_
     assert calls == [[("fp32", True), ("bf16", True)]]
     assert (s["precision"], s["memory_format"]) == ("bf16", "channels_last")
     assert "the checkpoint does not record the precision it trained with" in s["precision_choice"]
+
+
+def test_runs_started_together_measure_once(tiny_data_copy):
+    """Two processes resolving the same key at once: one measures, the other reads its result."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import time, torch
+        from pathlib import Path
+        from dalab.training import autotune
+        def run(cands):
+            time.sleep(1.0)
+            return {{c: {{"ms": 1.0 + i, "losses": [3.0]}} for i, c in enumerate(cands)}}
+        c = autotune.resolve("auto", None, torch.device("cpu"), resume_ck=None, cache_dir=Path({str(tiny_data_copy)!r}),
+                             key="k", run=run, batch=8)
+        print(c.how.split(":")[0])
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert outs == ["cached", "measured"]
