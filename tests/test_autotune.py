@@ -179,3 +179,13 @@ def test_runs_started_together_measure_once(tiny_data_copy):
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
     assert outs == ["cached", "measured"]
+
+
+def test_a_failed_measurement_falls_back_to_fp32_and_says_why(tiny_data_copy, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("cannot copy this network")
+    monkeypatch.setattr(autotune, "measure_run", broken)
+    s = Trainer(_cfg(tiny_data_copy), progress=False).fit()
+    assert (s["precision"], s["memory_format"]) == ("fp32", "NCHW") and s["status"] == "completed"
+    assert "could not measure (RuntimeError: cannot copy this network)" in s["precision_choice"]
+    assert not (tiny_data_copy / autotune.CACHE_FILE).exists()  # nothing cached

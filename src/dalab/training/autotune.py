@@ -236,7 +236,12 @@ def _lock(path: Path):
 
 def _measure(run, device, channels_last, batch, note, path, key) -> SpeedChoice:
     t0 = time.perf_counter()
-    results = run(candidates(device, channels_last))
+    try:
+        results = run(candidates(device, channels_last))
+    except (RuntimeError, TypeError, ValueError, copy.Error) as e:  # e.g. a user's network that cannot be copied
+        cl = bool(channels_last)
+        return SpeedChoice("fp32", cl, f"fp32 {memory_format_name(cl)}: could not measure ({type(e).__name__}: "
+                                       f"{str(e).splitlines()[0][:200] if str(e) else ''}){note}")
     (prec, cl), figures = choose(results)
     figures += (f" (fastest of {TIMED} steps after {WARMUP} warm-up, {batch}+{batch} images per step; "
                 f"{time.perf_counter() - t0:.1f} s to measure)")
