@@ -3,6 +3,7 @@
     python bench/epoch_overhead.py                      # one epoch (781 steps) of Ganin's DANN, fp32, twice
     python bench/epoch_overhead.py --steps 200 --rounds 3
     python bench/epoch_overhead.py --profile 25         # + cProfile of one Trainer.fit, top 25 by own time
+    python bench/epoch_overhead.py --ops                # only the small operations below, 200 calls each
 
 Both sides train DANN on Ganin's network (no batch norm, ``(x - 0.5) / 0.5``, no EMA, fp32 and
 the memory format given by ``--channels-last``), 64 + 64 images per step, on the same images:
@@ -17,6 +18,11 @@ the memory format given by ``--channels-last``), 64 + 64 images per step, on the
 
 The sides alternate for ``--rounds`` rounds (a load change on a shared machine hits both) and the
 fastest round of each is printed, with the ratio trainer/step loop.
+
+``--ops`` times, interleaved call by call, the small operations that cost most on a loaded
+machine: gathering 64 training images by advanced indexing (``x[idx]``) against ``take_rows``
+(the trainer's), the for-loop SGD step of Ganin's network against the fused one, and the weight
+EMA's ``_foreach_lerp_`` with 2 threads against 1 thread. It prints the median and mean of each.
 """
 
 from __future__ import annotations
@@ -72,6 +78,44 @@ def trainer_run(steps: int, batch: int, channels_last: bool, data_dir, bar: bool
         return Trainer(cfg, os.path.join(d, "run"), progress=bar).fit()
 
 
+def small_ops(xs, calls: int = 200) -> None:
+    import statistics
+
+    from dalab.training.fastpath import take_rows
+
+    idx = torch.randperm(len(xs))[:64]
+    nets = {}
+    for name, kw in (("SGD step, for-loop", {}), ("SGD step, fused", {"fused": True})):
+        m = DANNNet(batch_norm=False, input_norm="none").to(memory_format=torch.channels_last)
+        for q in m.parameters():
+            q.grad = torch.randn_like(q)
+        nets[name] = torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9, **kw).step
+    model = DANNNet(batch_norm=False, input_norm="none")
+    ema = [q.detach().clone() for q in model.parameters()]
+    src = [q.detach() for q in model.parameters()]
+    threads = torch.get_num_threads()
+
+    def lerp(n):
+        def f():
+            torch.set_num_threads(n)
+            torch._foreach_lerp_(ema, src, 0.001)
+            torch.set_num_threads(threads)
+        return f
+    fns = {"gather 64 images, x[idx]": lambda: xs[idx], "gather 64 images, take_rows": lambda: take_rows(xs, idx),
+           **nets, f"EMA _foreach_lerp_, {threads} threads": lerp(threads), "EMA _foreach_lerp_, 1 thread": lerp(1)}
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(calls):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    for k, t in times.items():
+        print(f"{k:32s} median {1e6 * statistics.median(t):9.0f} us | mean {1e6 * statistics.mean(t):9.0f} us")
+    print(f"# load {os.getloadavg()[0]:.2f} after")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=781, help="steps per side (default: one epoch of 50k images)")
@@ -80,12 +124,18 @@ def main() -> int:
     ap.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--bar", action="store_true", help="show the Trainer's progress bar (the CLI's default)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="also cProfile one Trainer run: top N")
+    ap.add_argument("--ops", action="store_true", help="only time the small operations (see above)")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     if args.steps <= 0 or args.batch_size <= 0 or args.rounds <= 0:
         print("epoch_overhead.py: --steps, --batch-size and --rounds must be positive", file=sys.stderr)
         return 2
     src, tgt = load_domain("mnist", args.data_dir), load_domain("mnistm", args.data_dir)
+    if args.ops:
+        print(f"# torch {torch.__version__}, {os.cpu_count()} cpus, {torch.get_num_threads()} threads; "
+              f"load {os.getloadavg()[0]:.2f}")
+        small_ops(src["train"].tensors("cpu")[0])
+        return 0
     n = args.steps * args.batch_size
     if n > len(src["train"].y):
         print(f"epoch_overhead.py: --steps x --batch-size = {n} is more than the {len(src['train'].y)} "

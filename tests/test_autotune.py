@@ -135,3 +135,57 @@ def test_bad_channels_last(bad):
     from dalab.errors import DalabError
     with pytest.raises(DalabError, match="channels_last"):
         TrainConfig(channels_last=bad).validate()
+
+
+def test_resuming_a_checkpoint_without_a_recorded_choice_measures_once_and_says_so(tiny_data_copy, tmp_path,
+                                                                                    monkeypatch):
+    """A checkpoint written before the choice was recorded (config channels_last True, no speed_choice):
+    the memory format it trained with is kept, the precision is measured and the summary says why."""
+    from dalab.training.checkpoint import CKPT_FORMAT, load_checked, save_atomic
+
+    monkeypatch.setattr(autotune, "measure_run", _stub(FAST_BF16_CL))
+    out = tmp_path / "run"
+    Trainer(_cfg(tiny_data_copy), out, progress=False).fit()
+    ck = load_checked(out / "ckpt.pt", CKPT_FORMAT)
+    ck.pop("speed_choice")
+    ck.pop("sha256", None)
+    ck["config"]["channels_last"] = True
+    save_atomic(ck, out / "ckpt.pt")
+    calls = []
+    monkeypatch.setattr(autotune, "measure_run", _stub(FAST_BF16_CL, calls=calls))
+    s = Trainer(_cfg(tiny_data_copy, epochs=2), out, progress=False, resume=True).fit()
+    assert calls == [[("fp32", True), ("bf16", True)]]
+    assert (s["precision"], s["memory_format"]) == ("bf16", "channels_last")
+    assert "the checkpoint does not record the precision it trained with" in s["precision_choice"]
+
+
+def test_runs_started_together_measure_once(tiny_data_copy):
+    """Two processes resolving the same key at once: one measures, the other reads its result."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import time, torch
+        from pathlib import Path
+        from dalab.training import autotune
+        def run(cands):
+            time.sleep(1.0)
+            return {{c: {{"ms": 1.0 + i, "losses": [3.0]}} for i, c in enumerate(cands)}}
+        c = autotune.resolve("auto", None, torch.device("cpu"), resume_ck=None, cache_dir=Path({str(tiny_data_copy)!r}),
+                             key="k", run=run, batch=8)
+        print(c.how.split(":")[0])
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].strip() for p in procs)
+    assert outs == ["cached", "measured"]
+
+
+def test_a_failed_measurement_falls_back_to_fp32_and_says_why(tiny_data_copy, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("cannot copy this network")
+    monkeypatch.setattr(autotune, "measure_run", broken)
+    s = Trainer(_cfg(tiny_data_copy), progress=False).fit()
+    assert (s["precision"], s["memory_format"]) == ("fp32", "NCHW") and s["status"] == "completed"
+    assert "could not measure (RuntimeError: cannot copy this network)" in s["precision_choice"]
+    assert not (tiny_data_copy / autotune.CACHE_FILE).exists()  # nothing cached

@@ -220,3 +220,19 @@ def test_peers_dalab_side_runs_the_trainer(tiny_data):
     rows = [line for line in r.stdout.splitlines() if line.startswith("dalab ")]
     assert len(rows) == 1 and " img/s | training " in rows[0] and "target test acc" in rows[0]
     assert "pytorch-adapt" not in r.stdout.split("\n", 1)[1]  # no peer row
+
+
+def test_epoch_overhead_bench_runs_and_rejects_bad_input(tiny_data):
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, str(BENCH / "epoch_overhead.py"), "--data-dir", str(tiny_data), *a],  # noqa: E731
+                                    capture_output=True, text=True, timeout=600)
+    r = run("--steps", "3", "--rounds", "1", "--batch-size", "16")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "round 1: step loop" in r.stdout and "the step loop) | wall" in r.stdout
+    r = run("--ops", "--batch-size", "16")
+    assert r.returncode == 0 and "take_rows" in r.stdout and "SGD step, fused" in r.stdout
+    for bad in (["--steps", "0"], ["--steps", "100000"]):
+        r = run(*bad)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1

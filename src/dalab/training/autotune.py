@@ -21,7 +21,7 @@ candidates on the run's own network, method, batch size and device, and keeps th
 - the choice is cached per machine (CPU model and flags, thread count, or GPU name), torch
   version, network, method and batch size in ``<dalab cache dir>/speed-choices.json``
   (written atomically; a cache that cannot be written is only noted), so the measurement runs
-  once. A resumed run reuses the choice its checkpoint recorded and never measures again.
+  once. Runs started together take turns (a file lock): the first measures, the others read. A resumed run reuses the choice its checkpoint recorded and never measures again.
 
 An explicit ``--precision fp32|bf16`` skips the measurement; the memory format is then the
 flag's, or channels_last when none is given (dalab's fixed default before this module).
@@ -207,17 +207,46 @@ def resolve(precision: str, channels_last: bool | None, device: torch.device, *,
         note = ("; at resume, the checkpoint does not record the precision it trained with "
                 "(written before dalab recorded this choice)")
     path = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
-    cached = read_cache(path).get(key) if path is not None and not note else None
-    if isinstance(cached, dict) and cached.get("precision") in ("fp32", "bf16"):
-        return SpeedChoice(cached["precision"], bool(cached["channels_last"]),
-                           f"cached: {cached.get('figures', '')} (measured {cached.get('measured_at', '?')}, {path})")
+    if path is None or note:
+        return _measure(run, device, channels_last, batch, note, None, key)
+    # runs started together (a study's --jobs) measure one at a time, and the later ones read the cache
+    with _lock(path):
+        cached = read_cache(path).get(key)
+        if isinstance(cached, dict) and cached.get("precision") in ("fp32", "bf16"):
+            return SpeedChoice(cached["precision"], bool(cached["channels_last"]),
+                               f"cached: {cached.get('figures', '')} (measured {cached.get('measured_at', '?')}, {path})")
+        return _measure(run, device, channels_last, batch, note, path, key)
+
+
+@contextlib.contextmanager
+def _lock(path: Path):
+    from ..data.io import file_lock
+
+    try:
+        ctx = file_lock(path.parent / f".{path.name}.lock")
+        ctx.__enter__()
+    except OSError:  # a cache folder that cannot be written: no lock, and the choice is not cached
+        yield
+        return
+    try:
+        yield
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def _measure(run, device, channels_last, batch, note, path, key) -> SpeedChoice:
     t0 = time.perf_counter()
-    results = run(candidates(device, channels_last))
+    try:
+        results = run(candidates(device, channels_last))
+    except (RuntimeError, TypeError, ValueError, copy.Error) as e:  # e.g. a user's network that cannot be copied
+        cl = bool(channels_last)
+        return SpeedChoice("fp32", cl, f"fp32 {memory_format_name(cl)}: could not measure ({type(e).__name__}: "
+                                       f"{str(e).splitlines()[0][:200] if str(e) else ''}){note}")
     (prec, cl), figures = choose(results)
     figures += (f" (fastest of {TIMED} steps after {WARMUP} warm-up, {batch}+{batch} images per step; "
                 f"{time.perf_counter() - t0:.1f} s to measure)")
     how = f"measured: {figures}{note}"
-    if path is not None and not note:
+    if path is not None:
         why = write_cache(path, key, {"precision": prec, "channels_last": cl, "figures": figures,
                                       "measured_at": now()})
         if why:
