@@ -101,5 +101,7 @@ def test_a_plain_default_is_still_shown(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "images per domain per step (default: 64)" in out
-    assert "(default 10; with --resume, the checkpoint's)" in out  # a hand-written note, not repeated
+    assert "GRL strength (default: 1.0)" in out
+    # hand-written notes (the classification default, the segmentation recipe's), not repeated
+    assert "images per domain per step (default 64; segmentation: 16)" in out
+    assert "(default 10; segmentation: 3; with --resume, the checkpoint's)" in out
