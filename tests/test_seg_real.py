@@ -494,3 +494,14 @@ def test_cli_evaluate_streams_cityscapes_val(gta5, cityscapes, tmp_path):
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["n"] == 5 and res["miou"] == pytest.approx(s["target_test_miou"], abs=1e-6)
+
+
+def test_streamed_training_needs_a_crop(gta5, cityscapes, tmp_path):
+    from dalab.errors import DalabError
+    from dalab.training import TrainConfig, Trainer
+
+    cfg = TrainConfig(method="dann", source=f"gta5:{gta5}", target=f"cityscapes:{cityscapes}", epochs=1,
+                      batch_size=2, workers=0, device="cpu", data_dir=str(tmp_path / "c"))
+    with pytest.raises(DalabError, match="--crop"):
+        Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert not (tmp_path / "run").exists()

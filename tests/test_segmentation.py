@@ -283,3 +283,28 @@ def test_unlabelled_source_for_segmentation_is_one_line_exit_2(tiny_scenes, tmp_
               tmp_path / "run", "--quiet", "--data-dir", tiny_scenes)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
     assert "same task" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_select_all_validators_on_segmentation_runs_uses_the_pixel_ones(tiny_scenes, tmp_path):
+    from dalab.evaluation.selection import SEGMENTATION_VALIDATORS
+
+    Trainer(TrainConfig(method="dann", data_dir=str(tiny_scenes), **SEG), tmp_path / "runs" / "dann",
+            progress=False).fit()
+    r = dalab("select", tmp_path / "runs", "--data-dir", tiny_scenes, "--json")   # --validator all
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["validators"] == list(SEGMENTATION_VALIDATORS)
+
+
+def test_mask_names_never_collide(tiny_scenes, tmp_path):
+    from PIL import Image
+
+    run = tmp_path / "run"
+    Trainer(TrainConfig(method="source-only", data_dir=str(tiny_scenes), **SEG), run, progress=False).fit()
+    img = load_domain("scenes-photo", tiny_scenes)["test"].x[0]
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(img).save(tmp_path / sub / "1.png")
+    r = dalab("predict", "--checkpoint", run / "model.pt", tmp_path / "a" / "1.png", tmp_path / "b" / "1.png",
+              "--out-dir", tmp_path / "masks")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["1_2_mask.png", "1_mask.png"]

@@ -61,7 +61,7 @@ def run_compare(args) -> int:
     preds = {}
     for name, model, config in models:
         bn = "source" if args.domain == config.get("source") else "target"
-        preds[name] = predict_logits(model, x, domain=bn).argmax(1).numpy().astype(np.uint8)
+        preds[name] = predict_logits(model, x, domain=bn).argmax(1).cpu().numpy().astype(np.uint8)
     save_segmentation_comparison(split.x[idx], split.y[idx], preds, args.out, title=dom.description,
                                  class_names=dom.classes)
     print(f"wrote {args.out}")

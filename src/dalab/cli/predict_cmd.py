@@ -105,7 +105,7 @@ def _predict_masks(args, model, config) -> int:
     if out.exists() and not out.is_dir():
         raise DalabError(f"--out-dir {out}: exists and is not a folder")
     h, w = (int(v) for v in (config.get("input") or [3, 48, 96])[1:])
-    files, errors, rows = [], [], []
+    files, errors, rows, seen = [], [], [], {}
     for p in args.paths:
         try:
             files.extend(find_images([p]))
@@ -122,10 +122,14 @@ def _predict_masks(args, model, config) -> int:
         t = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
         probs = torch.softmax(predict_logits(model, t, domain="target"), 1)  # (1, K, h, w)
         probs = torch.nn.functional.interpolate(probs, size=img.shape[:2], mode="bilinear", align_corners=False)
-        conf, lab = probs[0].max(0)
+        conf, lab = probs[0].cpu().max(0)
         buf = io.BytesIO()
         Image.fromarray(colorize(lab.numpy().astype(np.uint8))).save(buf, format="PNG")
-        mask = out / f"{Path(f).stem}_mask.png"
+        stem = Path(f).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        if seen[stem] > 1:  # a/1.png and b/1.jpg: the second gets its own file, never the first's
+            stem = f"{stem}_{seen[stem]}"
+        mask = out / f"{stem}_mask.png"
         atomic_write_bytes(mask, buf.getvalue())
         rows.append({"path": str(f), "mask": str(mask), "mean_confidence": round(float(conf.mean()), 6)})
     if args.json:

@@ -245,9 +245,13 @@ def select_runs(root, validators=VALIDATORS, by_config: bool = False, **kwargs) 
     bad = [v for v in validators if v not in VALIDATORS]
     if bad:
         raise DalabError(f"unknown validator {bad[0]!r} (known: {', '.join(VALIDATORS)})")
+    candidates = find_candidates(root)
+    if list(validators) == list(VALIDATORS) and any(
+            (_summary(p.parent) or {}).get("task") == "segmentation" for p in candidates):
+        validators = list(SEGMENTATION_VALIDATORS)  # "all" for segmentation runs: those defined for pixels
     cache: dict = {}
     rows, skipped = [], []
-    for p in find_candidates(root):
+    for p in candidates:
         row = score_candidate(p, validators, cache=cache, **kwargs)
         if row is None:
             skipped.append(str(p.parent))

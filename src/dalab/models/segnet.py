@@ -1,11 +1,11 @@
 r"""Segmentation networks in DANN's three parts: features, a pixel classifier, a domain head.
 
-:class:`SegNet` is dalab's small default for the offline street scenes (64x128): it trains on
+:class:`SegNet` is dalab's small default for the offline street scenes (48x96): it trains on
 two CPU cores in minutes.
 
 - features (stride 4): conv3x3(3->w, s2)-BN-ReLU -> conv3x3(w->2w, s2)-BN-ReLU -> three
   conv3x3(2w->2w) with dilation 1, 2, 4, each BN-ReLU. (B, 3, H, W) -> (B, 2w, H/4, W/4),
-  a receptive field of 67 pixels. Batch norm keeps one set of statistics per domain
+  a receptive field of 63 pixels (71 with the classifier's 3x3 convolution). Batch norm keeps one set of statistics per domain
   (:class:`~dalab.models.batchnorm.DomainBatchNorm2d`), as in dalab's digit network.
 - pixel classifier: conv3x3(2w->2w)-ReLU -> conv1x1(2w->K): logits (B, K, H/4, W/4).
 - domain head, for DANN on pixels: GRL -> conv1x1(2w->w)-ReLU -> conv1x1(w->1): one domain

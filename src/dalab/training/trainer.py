@@ -202,12 +202,15 @@ class Trainer:
         batch, random scale / crop / flip) and evaluation loaders at ``eval_size``. The target's scored
         split is its ``test`` split, or ``val`` where it has no test labels (Cityscapes)."""
         cfg, W, r = self.cfg, self.dist.world_size, self.dist.rank
+        if cfg.crop_size is None:  # images of many sizes, randomly rescaled: batches need one size
+            raise DalabError("--crop HxW is required for domains read from files (e.g. --crop 512x1024)")
         if getattr(self.method, "needs_target_set", False):
             raise DalabError(f"method {self.method.name!r} relabels the whole target training set every epoch, "
                              "which a dataset read from files does not hold in memory")
         b = cfg.batch_size // W
         common = dict(workers=cfg.workers, rank=r, world_size=W, pin_memory=self.device.type == "cuda")
         d = {"src": src, "tgt": tgt, "streamed": True}
+        self._streamed, self._stream_its = True, None
         train = dict(crop=cfg.crop_size, size=None, limit=cfg.limit_train, **common)
         d["xs_loader"] = src["train"].loader(b, True, seed=cfg.seed, **train)
         if self.method.uses_target:
@@ -359,8 +362,10 @@ class Trainer:
 
     def calibrate(self, model) -> None:
         """AdaBN: recompute each domain's batch-norm statistics with the current weights (no labels)."""
+        # crops read from files can be large: calibrate them a training batch at a time
+        bs = max(1, self.cfg.batch_size // self.dist.world_size) if getattr(self, "_streamed", False) else 1000
         for dom, x in getattr(self, "_calib", {}).items():
-            calibrate_bn(model, x, dom, autocast=lambda: autocast_ctx(self.device, self.precision))
+            calibrate_bn(model, x, dom, batch_size=bs, autocast=lambda: autocast_ctx(self.device, self.precision))
 
     def evaluate(self, model, data) -> dict:
         """The task's scores of ``model`` on source val/test and target test: ``{split}_{metric}``
@@ -547,8 +552,12 @@ class Trainer:
         """
         B, dev, labels_t = self.cfg.batch_size, self.device, self.method.uses_target_labels
         if data.get("streamed"):
-            its = {k: data[f"{k}_loader"].forever(start_epoch=epoch) if f"{k}_loader" in data else None
-                   for k in ("xs", "xt")}
+            # one endless iterator per domain for the whole run (from the first epoch trained, e.g. after a
+            # resume): a target pass that outlasts a source epoch carries on where it was, never repeats
+            if getattr(self, "_stream_its", None) is None:
+                self._stream_its = {k: data[f"{k}_loader"].forever(start_epoch=epoch) if f"{k}_loader" in data
+                                    else None for k in ("xs", "xt")}
+            its = self._stream_its
 
             def streamed():
                 for _ in range(steps):
