@@ -378,29 +378,23 @@ class Trainer:
                                 ("tgt_test", "target_test", "target")):
             if data.get(key) is None:  # in-memory data may come without some evaluation sets
                 continue
+            classes = getattr(data["src"], "classes", None)
             if data.get("streamed"):  # a DataLoader over files, each rank its share, counts summed
                 scores = evaluate_batches(model, data[key], task, self.num_classes, precision=self.precision,
-                                          domain=dom, class_names=getattr(data["src"], "classes", None),
-                                          reduce=lambda t: all_sum(t, self.dist))
-                ev[f"{split}_{metric}"] = scores[metric]
-                if task == "segmentation":
-                    ev[f"{split}_pixel_acc"] = scores["pixel_acc"]
-                    if split == "target_test":
-                        ev["target_test_per_class_iou"] = scores["per_class_iou"]
-                continue
-            x, y = data[key]
-            if task == "classification" and len(y) and bool((y < 0).any()):  # unlabelled target: no accuracy
-                ev[f"{split}_{metric}"] = None
-                continue
-            if task == "classification":
-                ev[f"{split}_{metric}"] = accuracy_of(model, x, y, precision=self.precision, domain=dom)
-                continue
-            scores = evaluate_model(model, x, y, task, self.num_classes, precision=self.precision, domain=dom,
-                                    class_names=getattr(data["src"], "classes", None))
-            ev[f"{split}_{metric}"] = scores["miou"]
-            ev[f"{split}_pixel_acc"] = scores["pixel_acc"]
-            if split == "target_test":
-                ev["target_test_per_class_iou"] = scores["per_class_iou"]
+                                          domain=dom, class_names=classes, reduce=lambda t: all_sum(t, self.dist))
+            else:
+                x, y = data[key]
+                if task == "classification":  # an unlabelled target (flat image folder) has no accuracy
+                    ev[f"{split}_{metric}"] = (None if len(y) and bool((y < 0).any()) else
+                                               accuracy_of(model, x, y, precision=self.precision, domain=dom))
+                    continue
+                scores = evaluate_model(model, x, y, task, self.num_classes, precision=self.precision, domain=dom,
+                                        class_names=classes)
+            ev[f"{split}_{metric}"] = scores[metric]
+            if task == "segmentation":
+                ev[f"{split}_pixel_acc"] = scores["pixel_acc"]
+                if split == "target_test":
+                    ev["target_test_per_class_iou"] = scores["per_class_iou"]
         return ev
 
     def fit(self) -> dict:
