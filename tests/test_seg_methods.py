@@ -297,3 +297,63 @@ def test_segmentation_method_takes_two_finite_steps(name):
         m.after_step(model)
     if name == "cbst":
         assert logs["pl_loss"] > 0
+
+
+# ------------------------------------------------------------------ DACS's strong augmentation
+def test_colour_jitter_identity_factors_and_grey_images():
+    from dalab.methods.dacs import colour_jitter
+    x = torch.rand(2, 3, 5, 7, generator=torch.Generator().manual_seed(0))
+    one, zero = torch.ones(2), torch.zeros(2)
+    assert torch.allclose(colour_jitter(x, one, one, one, zero), x, atol=1e-5)
+    assert torch.allclose(colour_jitter(x, one, one, one, one), x, atol=1e-5)  # a full turn of hue
+    grey = torch.rand(2, 1, 5, 7).expand(2, 3, 5, 7)
+    # hue and saturation leave grey pixels grey and unchanged
+    assert torch.allclose(colour_jitter(grey, one, one, 1.2 * one, 0.2 * one), grey, atol=1e-5)
+    y = colour_jitter(torch.full((1, 3, 2, 2), 0.4), torch.tensor([1.25]), torch.tensor([1.0]),
+                      torch.tensor([1.0]), torch.tensor([0.0]))
+    assert torch.allclose(y, torch.full_like(y, 0.5))  # brightness scales
+    z = colour_jitter(x, one, zero, one, zero)  # contrast 0: every pixel the image's mean luma
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    assert torch.allclose(z, (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True).expand_as(z), atol=1e-5)
+    z = colour_jitter(x, one, one, zero, zero)  # saturation 0: each pixel its luma
+    assert torch.allclose(z, (x * luma).sum(1, keepdim=True).expand_as(z), atol=1e-5)
+
+
+def test_gaussian_blur_matches_a_direct_convolution():
+    from dalab.methods.dacs import _odd_kernel_size, gaussian_blur
+    assert [_odd_kernel_size(n) for n in (2, 30, 48, 96, 512)] == [1, 3, 5, 9, 51]
+    x = torch.rand(2, 3, 48, 96, generator=torch.Generator().manual_seed(1))
+    out = gaussian_blur(x, torch.tensor([0.0, 0.8]))
+    assert torch.equal(out[0], x[0])  # sigma 0 keeps the image
+    ky, kx = 5, 9
+    gy = torch.exp(-0.5 * (torch.arange(ky) - ky // 2) ** 2 / 0.64)
+    gx = torch.exp(-0.5 * (torch.arange(kx) - kx // 2) ** 2 / 0.64)
+    k2 = (gy[:, None] * gx[None, :]) / (gy.sum() * gx.sum())
+    ref = F.conv2d(F.pad(x[1:], (kx // 2, kx // 2, ky // 2, ky // 2), mode="reflect"),
+                   k2.expand(3, 1, ky, kx).contiguous(), groups=3)
+    assert torch.allclose(out[1:], ref, atol=1e-5)
+    c = torch.full((1, 3, 48, 96), 0.3)
+    assert torch.allclose(gaussian_blur(c, torch.tensor([1.1])), c)
+
+
+def test_strong_augment_is_seeded_in_range_and_off_when_probabilities_are_zero():
+    from dalab.methods.dacs import strong_augment
+    x = torch.rand(8, 3, 48, 96, generator=torch.Generator().manual_seed(2))
+    a = strong_augment(x, torch.Generator().manual_seed(5))
+    assert a.shape == x.shape and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a, strong_augment(x, torch.Generator().manual_seed(5)))
+    assert not torch.allclose(a, x)
+    assert torch.allclose(strong_augment(x, torch.Generator().manual_seed(5), jitter_p=0, blur_p=0), x, atol=1e-6)
+
+
+def test_dacs_augment_flag_feeds_the_mixed_images_through_strong_augment(monkeypatch):
+    import dalab.methods.dacs as dacs
+    seen = []
+    monkeypatch.setattr(dacs, "strong_augment", lambda x, g: seen.append(x.dtype) or x)
+    for augment in (True, False):
+        model = TinySegNet()
+        m = make_method("dacs", augment=augment)
+        m.setup(model, torch.device("cpu"))
+        loss, _ = m.loss(model, Batch(_images(2, seed=0), _labels(2, seed=0), _images(2, seed=1), p=0.0))
+        assert torch.isfinite(loss)
+    assert seen == [torch.float32]  # once, for augment=True, on floats in [0, 1]

@@ -22,24 +22,36 @@ authors' loss. After every optimiser step the teacher follows the student,
 :math:`\alpha_t = \min(1 - 1/(t + 1), \alpha)` (the authors' warm-up of the average), batch-norm
 buffers copied (:func:`~dalab.methods.consistency.ema_update`).
 
-Defaults and their sources (vikolss/DACS, ``trainUDA.py`` and ``configs/configUDA.json``):
-:math:`\alpha = 0.99` (``alpha_teacher``), :math:`\tau = 0.968`, :math:`w_u = 1`
-(``consistency_weight``). Departures: DACS's colour jitter and Gaussian blur of the mixed images
-are left out; the class choice leaves the ignore label out (the authors' code can draw it);
-with per-domain batch norm the mixed images use the *target* statistics, the source images the
-source ones. The class draw uses a ``torch.Generator`` on the training device, seeded in
+The mixed images are then strongly augmented, as in the authors' code (:func:`strong_augment`),
+each image on its own draw: with probability 0.8 a colour jitter of strength :math:`s = 0.25`
+(brightness, contrast and saturation factors in :math:`[1 - s, 1 + s]`, a hue rotation of up to
+:math:`\pm s` of a turn), and with probability 0.5 a Gaussian blur with
+:math:`\sigma \sim U(0.15, 1.15)` and an odd kernel of about a tenth of the image's height and
+width. ``augment=False`` leaves the mixed images as they are.
+
+Defaults and their sources (vikolss/DACS, ``trainUDA.py``, ``utils/transformsgpu.py`` and
+``configs/configUDA.json``): :math:`\alpha = 0.99` (``alpha_teacher``), :math:`\tau = 0.968`,
+:math:`w_u = 1` (``consistency_weight``), ``color_jitter`` and ``blur`` on, ``flip`` off.
+Departures: the jitter follows torchvision's definitions of the four factors, applied in a fixed
+order (brightness, contrast, saturation, hue), with the hue rotated in YIQ space; the class
+choice leaves the ignore label out (the authors' code can draw it); with per-domain batch norm
+the mixed images use the *target* statistics, the source images the source ones. The class and
+augmentation draws use a ``torch.Generator`` on the training device, seeded in
 :meth:`DACS.setup` from the global RNG (so from the run's seed).
 
 Shapes: ``xs``, ``xt`` (B, 3, H, W) uint8; ``ys`` (B, H, W) uint8; mask (B, H, W) bool; logits
-(B, K, H, W).
+(B, K, H, W); :func:`strong_augment` maps (B, 3, H, W) floats in [0, 1] to the same.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 
 from ..models.batchnorm import bn_domain
+from ..models.nets import to_unit_float
 from ..tasks import IGNORE, accuracy, task_loss
 from .base import Batch, Method
 from .consistency import ema_update, make_teacher
@@ -58,6 +70,88 @@ def random_class_mask(ys: torch.Tensor, generator: torch.Generator | None = None
         perm = torch.randperm(n, generator=generator, device=dev).to(classes.device)
         masks.append(torch.isin(y, classes[perm[:(n + 1) // 2]]))
     return torch.stack(masks) if masks else torch.zeros_like(ys, dtype=torch.bool)
+
+
+# RGB -> YIQ (NTSC); a hue rotation turns the (I, Q) chroma plane and keeps the luma Y.
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_LUMA = _RGB_TO_YIQ[0]
+
+
+def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
+
+
+def colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
+                  hue: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) floats in [0, 1], one factor per image (B,) each -> jittered, clamped to [0, 1].
+
+    Brightness scales the image, contrast blends it with its mean luma, saturation with its
+    per-pixel luma (torchvision's definitions; factor 1 keeps the image), and ``hue`` turns the
+    chroma by ``hue`` of a full turn in YIQ space (0 keeps it). Applied in that order.
+    """
+    f = lambda v: v.to(x.dtype).view(-1, 1, 1, 1)  # noqa: E731
+    luma = _LUMA.to(x.device, x.dtype).view(1, 3, 1, 1)
+    x = (x * f(brightness)).clamp(0, 1)
+    mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    x = ((x - mean) * f(contrast) + mean).clamp(0, 1)
+    grey = (x * luma).sum(1, keepdim=True)
+    x = ((x - grey) * f(saturation) + grey).clamp(0, 1)
+    t = _RGB_TO_YIQ.to(x.device, torch.float32)
+    angle = 2 * math.pi * hue.float()
+    rot = torch.zeros(len(x), 3, 3, device=x.device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = angle.cos(), -angle.sin()
+    rot[:, 2, 1], rot[:, 2, 2] = angle.sin(), angle.cos()
+    m = torch.linalg.inv(t) @ rot @ t  # (B, 3, 3), per image
+    return torch.einsum("bij,bjhw->bihw", m.to(x.dtype), x).clamp(0, 1)
+
+
+def _odd_kernel_size(n: int) -> int:
+    """DACS's kernel size for an image side of ``n`` pixels: ceil(n / 10), made odd by going down."""
+    c = max(1, math.ceil(0.1 * n))
+    return c if c % 2 else c - 1
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) blurred per image with its own ``sigma`` (B,) (0 keeps the image): a separable
+    Gaussian with odd kernels of about H / 10 by W / 10 pixels, reflected at the borders."""
+    b, c, h, w = x.shape
+    out = x.reshape(1, b * c, h, w)
+    for dim, k in ((2, _odd_kernel_size(h)), (3, _odd_kernel_size(w))):
+        r = k // 2
+        if r == 0:
+            continue
+        d = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
+        s = sigma.float().clamp_min(1e-6).view(-1, 1)
+        g = torch.exp(-0.5 * (d / s) ** 2)
+        g = torch.where(sigma.view(-1, 1) > 0, g / g.sum(1, keepdim=True), (d == 0).float().expand_as(g))
+        g = g.repeat_interleave(c, 0).to(x.dtype)  # (B*C, k)
+        if dim == 2:
+            out = F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), g.view(b * c, 1, k, 1), groups=b * c)
+        else:
+            out = F.conv2d(F.pad(out, (r, r, 0, 0), mode="reflect"), g.view(b * c, 1, 1, k), groups=b * c)
+    return out.reshape(b, c, h, w)
+
+
+def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, strength: float = 0.25,
+                   jitter_p: float = 0.8, blur_p: float = 0.5, sigma=(0.15, 1.15)) -> torch.Tensor:
+    """DACS's augmentation of the mixed images: per image, :func:`colour_jitter` with probability
+    ``jitter_p`` (factors drawn in ``1 +- strength``, hue in ``+- strength`` turns), then
+    :func:`gaussian_blur` with probability ``blur_p`` (sigma uniform in ``sigma``). (B, 3, H, W)
+    floats in [0, 1] -> the same; every draw comes from ``generator``."""
+    with torch.autocast(x.device.type, enabled=False):  # the augmentation is data, kept in float32
+        return _strong_augment(x.float(), generator, strength, jitter_p, blur_p, sigma)
+
+
+def _strong_augment(x, generator, strength, jitter_p, blur_p, sigma):
+    n, dev = len(x), x.device
+    jit = torch.rand(n, generator=generator, device=dev) < jitter_p
+    one = torch.ones(n, device=dev)
+    factors = [torch.where(jit, _uniform(n, 1 - strength, 1 + strength, generator, dev), one) for _ in range(3)]
+    hue = torch.where(jit, _uniform(n, -strength, strength, generator, dev), one - 1)
+    x = colour_jitter(x, *factors, hue)
+    blur = torch.rand(n, generator=generator, device=dev) < blur_p
+    return gaussian_blur(x, torch.where(blur, _uniform(n, sigma[0], sigma[1], generator, dev), one - 1))
 
 
 def class_mix(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt_pseudo: torch.Tensor,
@@ -85,13 +179,14 @@ class DACS(Method):
     name = "dacs"
     tasks = ("segmentation",)
 
-    def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0):
+    def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0, augment: bool = True):
         super().__init__()
         if not 0.0 <= float(ema) < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {ema}")
         self.ema = float(ema)
         self.threshold = float(threshold)
         self.weight = float(weight)
+        self.augment = bool(augment)
         self.teacher: torch.nn.Module | None = None
         self._gen: torch.Generator | None = None
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
@@ -111,7 +206,10 @@ class DACS(Method):
             confident = (conf >= self.threshold).float().mean()
             x_mix, y_mix, m = class_mix(batch.xs, batch.ys, batch.xt, pseudo.to(torch.uint8),
                                         lambda ys: random_class_mask(ys, self._gen))
-        ls, lm = logits_per_domain(model, batch.xs, x_mix)
+            xs = batch.xs
+            if self.augment:
+                xs, x_mix = to_unit_float(xs), strong_augment(to_unit_float(x_mix), self._gen)
+        ls, lm = logits_per_domain(model, xs, x_mix)
         task = task_loss(ls, batch.ys)
         mix = mixed_loss(lm, y_mix, m, confident)
         return task + self.weight * mix, {"task_loss": task.detach(), "mix_loss": mix.detach(),
