@@ -505,3 +505,133 @@ def test_streamed_training_needs_a_crop(gta5, cityscapes, tmp_path):
     with pytest.raises(DalabError, match="--crop"):
         Trainer(cfg, tmp_path / "run", progress=False).fit()
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ SYNTHIA-RAND-CITYSCAPES
+# SYNTHIA class -> Cityscapes train id for the classes drawn below; 0 void and 22 lane marking -> IGNORE
+SYNTHIA_DRAWN = {0: IGNORE, 1: 10, 2: 2, 3: 0, 8: 13, 10: 11, 21: 3, 22: IGNORE}
+
+
+def write_png16(path, rgb16):
+    """A 16-bit truecolour PNG (bit depth 16, colour type 2), written byte by byte as SYNTHIA's labels are."""
+    import struct
+    import zlib
+
+    h, w, _ = rgb16.shape
+    raw = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def make_synthia(root, n=12):
+    """SYNTHIA-RAND-CITYSCAPES layout: RGB/0000000.png + GT/LABELS/0000000.png (16-bit: class in red,
+    instance id in green)."""
+    (root / "RGB").mkdir(parents=True)
+    (root / "GT" / "LABELS").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        classes = np.kron(rng.choice(list(SYNTHIA_DRAWN), size=(6, 12)), np.ones((8, 8), int))
+        lab = np.zeros((48, 96, 3), np.uint16)
+        lab[..., 0], lab[..., 1] = classes, 300 + k  # an instance id above 255: 16 bits in use
+        write_png16(root / "GT" / "LABELS" / f"{k:07d}.png", lab)
+        img = np.zeros((48, 96, 3), np.uint8)
+        img[..., 0], img[..., 2] = 10 * classes, 20 * k
+        Image.fromarray(img).save(root / "RGB" / f"{k:07d}.png")
+    return root
+
+
+@pytest.fixture
+def synthia(tmp_path):
+    return make_synthia(tmp_path / "SYNTHIA")
+
+
+def test_synthia_16_bit_labels_become_train_ids(synthia):
+    from dalab.data.seg_real import read_synthia_label, synthia_pairs
+
+    pairs = synthia_pairs(synthia)
+    assert len(pairs) == 12 and pairs[0][0].name == pairs[0][1].name == "0000000.png"
+    image, label = pairs[3]
+    classes = pixels(image)[..., 0].astype(int) // 10
+    train = read_synthia_label(label)
+    assert train.dtype == np.uint8 and train.shape == (48, 96)
+    for synthia_class, train_id in SYNTHIA_DRAWN.items():
+        assert (train[classes == synthia_class] == train_id).all()
+    assert len(np.unique(classes)) > 4
+    # why OpenCV: Pillow reads a 16-bit colour PNG as 8-bit RGB, keeping the high bytes (all 0 here)
+    assert not pixels(label)[..., 0].any()
+
+
+def test_synthia_8_bit_copies_and_bad_classes(synthia, tmp_path):
+    from dalab.data.seg_real import read_synthia_label
+
+    classes = np.array([[3, 8], [0, 21]], np.uint8)
+    Image.fromarray(classes).save(tmp_path / "grey.png")
+    assert read_synthia_label(tmp_path / "grey.png").tolist() == [[0, 13], [IGNORE, 3]]
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = classes
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    assert read_synthia_label(tmp_path / "rgb.png").tolist() == [[0, 13], [IGNORE, 3]]
+    bad = np.zeros((8, 8, 3), np.uint16)
+    bad[0, 0, 0] = 40
+    write_png16(tmp_path / "bad.png", bad)
+    with pytest.raises(DataError, match=r"bad\.png: class 40 outside SYNTHIA's label table \(0\.\.22\)"):
+        read_synthia_label(tmp_path / "bad.png")
+
+
+def test_synthia_without_opencv_says_what_to_install(synthia, monkeypatch):
+    import sys
+
+    from dalab.data.seg_real import read_synthia_label
+    from dalab.errors import DalabError
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 now raises ImportError
+    with pytest.raises(DalabError, match="16-bit PNGs.*pip install opencv-python-headless"):
+        read_synthia_label(synthia / "GT" / "LABELS" / "0000000.png")
+
+
+def test_synthia_layout_errors(synthia, tmp_path):
+    from dalab.data.domains import domain_task
+
+    (tmp_path / "flat").mkdir()
+    with pytest.raises(DataError, match="not a SYNTHIA-RAND-CITYSCAPES folder: expected RGB/ and GT/LABELS/"):
+        load_domain(f"synthia:{tmp_path / 'flat'}")
+    (synthia / "GT" / "LABELS" / "0000004.png").unlink()
+    with pytest.raises(DataError, match=r"1 image without a label in .*GT/LABELS/ \(.*0000004\.png\)"):
+        load_domain(f"synthia:{synthia}")
+    assert domain_task("synthia:/anywhere") == "segmentation"
+
+
+def test_trainer_streams_synthia_to_cityscapes(synthia, cityscapes, tmp_path, capsys):
+    from dalab.training import TrainConfig, Trainer
+
+    d = load_domain(f"synthia:{synthia}")
+    assert d.task == "segmentation" and (len(d["train"]), len(d["val"])) == (11, 1)
+    assert "terrain, truck, train never occur" in d.description
+    x, y = d["train"].dataset(train=True, crop=(32, 64), scale=None, seed=1)[0]
+    classes = x[0].long() // 10  # the image's red channel encodes the SYNTHIA class (crop and flip keep it aligned)
+    for synthia_class, train_id in SYNTHIA_DRAWN.items():
+        assert (y[classes == synthia_class] == train_id).all()
+    cfg = TrainConfig(method="source-only", source=f"synthia:{synthia}", target=f"cityscapes:{cityscapes}",
+                      epochs=1, batch_size=2, crop_size=[32, 64], eval_size=[32, 64], workers=0, precision="fp32",
+                      device="cpu", data_dir=str(tmp_path / "cache"))
+    s = Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert s["status"] == "completed" and 0.0 <= s["target_test_miou"] <= 1.0
+    # the papers' 16- and 13-class scores
+    args = ["evaluate", "--checkpoint", str(tmp_path / "run" / "model.pt"), "--domain", f"cityscapes:{cityscapes}",
+            "--split", "val", "--eval-size", "32x64", "--workers", "0", "--device", "cpu"]
+    for preset, left_out in (("synthia16", {"terrain", "truck", "train"}),
+                             ("synthia13", {"terrain", "truck", "train", "wall", "fence", "pole"})):
+        capsys.readouterr()
+        assert main(args + ["--classes", preset, "--json"]) == 0
+        res = json.loads(capsys.readouterr().out)
+        assert len(res["classes"]) == 19 - len(left_out) and not left_out & set(res["classes"])
+        present = [v for k, v in res["per_class_iou"].items() if k in res["classes"] and v is not None]
+        assert res["classes_scored"] == len(present) and res["miou"] == pytest.approx(sum(present) / len(present))
+    assert main(args + ["--classes", "car,road"]) == 0
+    assert "over the 2 of the 2 classes asked for present" in capsys.readouterr().out
+    assert main(args + ["--classes", "car,lamppost"]) == 2
+    assert "--classes: no class 'lamppost'" in capsys.readouterr().err

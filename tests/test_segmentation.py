@@ -308,3 +308,13 @@ def test_mask_names_never_collide(tiny_scenes, tmp_path):
               "--out-dir", tmp_path / "masks")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == ["1_2_mask.png", "1_mask.png"]
+
+
+def test_miou_over_a_named_subset_of_classes():
+    from dalab.tasks import miou_over
+
+    table = {"road": 0.9, "sky": 0.5, "train": None, "pole": 0.1}
+    assert miou_over(table, ["road", "sky"]) == (pytest.approx(0.7), 2)
+    assert miou_over(table, ["road", "train"]) == (pytest.approx(0.9), 1)  # absent from the labels: left out
+    with pytest.raises(ValueError, match="no class 'bus'"):
+        miou_over(table, ["road", "bus"])

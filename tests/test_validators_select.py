@@ -452,3 +452,28 @@ def test_a_warm_start_replaced_while_it_is_read_is_refused(tiny_data, tmp_path, 
     with pytest.raises(DalabError, match="changed while it was read"):
         Trainer(TrainConfig(method="dann", init_from=str(parent), **base), tmp_path / "child", progress=False).fit()
     assert not (tmp_path / "child" / "summary.json").exists()
+
+
+def test_benchmark_table_gap_closed_and_per_class_means():
+    from dalab.evaluation.benchmark import gap_closed
+
+    def run(method, seed, miou, per_class):
+        return {"method": method, "seed": seed, "status": "completed", "metric": "miou", "source_test_miou": 0.7,
+                "target_test_miou": miou, "target_test_per_class_iou": per_class, "train_seconds": 1.0,
+                "epochs_done": 3}
+
+    rows = aggregate({
+        "source-only": [run("source-only", 0, 0.30, {"sky": 0.5, "road": 0.2, "bus": None}),
+                        run("source-only", 1, 0.40, {"sky": 0.7, "road": 0.4, "bus": None})],
+        "dacs": [run("dacs", 0, 0.50, {"sky": 0.9, "road": 0.6, "bus": None})],
+        "target-only (oracle)": [run("target-only", 0, 0.75, {"sky": 1.0, "road": 0.9, "bus": 0.5})]}, 2)
+    so = rows[0]
+    assert so["target_per_class_mean"] == pytest.approx({"sky": 0.6, "road": 0.3})  # None (absent) left out
+    g = gap_closed(rows)
+    # source-only mean 0.35, oracle 0.75: dacs closes (0.50 - 0.35) / 0.40
+    assert g == pytest.approx({"source-only": 0.0, "dacs": 0.375, "target-only (oracle)": 1.0})
+    table = format_table(rows, "scenes")
+    assert "| dacs | 70.00 ± 0.00 | 50.00 ± 0.00 | 38 % | 1/1 |" in table
+    assert "| method | road | sky | bus |" in table  # Cityscapes' train-id order
+    assert "| source-only | 30.0 | 60.0 | n/a |" in table
+    assert gap_closed(rows[:2]) == {} and "gap closed" not in format_table(rows[:2], "scenes")

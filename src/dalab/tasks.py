@@ -104,6 +104,17 @@ def scores_from_confusion(cm: torch.Tensor, class_names=None) -> dict:
             "classes_scored": len(scored)}
 
 
+def miou_over(per_class_iou: dict, classes) -> tuple[float, int]:
+    """(mean IoU over the named ``classes`` present in the labels, how many were present), from a
+    :func:`scores_from_confusion` per-class table; e.g. SYNTHIA -> Cityscapes' 16-class score.
+    A name not in the table is a ValueError."""
+    unknown = [c for c in classes if c not in per_class_iou]
+    if unknown:
+        raise ValueError(f"no class {', '.join(map(repr, unknown))} (classes: {', '.join(per_class_iou)})")
+    vals = [per_class_iou[c] for c in classes if per_class_iou[c] is not None]
+    return (sum(vals) / len(vals) if vals else float("nan")), len(vals)
+
+
 METRICS = {"classification": "acc", "segmentation": "miou"}
 
 

@@ -136,6 +136,8 @@ def run_list(args) -> int:
           "see docs/domains.md)")
     print("gta5:PATH      (segmentation: GTA5 / Playing for Data, images/ + labels/, read from the files)")
     print("cityscapes:PATH (segmentation: Cityscapes leftImg8bit/ + gtFine/, read from the files)")
+    print("synthia:PATH   (segmentation: SYNTHIA-RAND-CITYSCAPES RGB/ + GT/LABELS/, read from the files; "
+          "16-bit labels need opencv-python-headless)")
     return 0
 
 

@@ -11,7 +11,7 @@ from ..errors import DalabError, TrainingFailure
 from ..methods import METHODS
 from ..models.inference import accuracy_of
 from ..models.nets import ARCHS, INPUT_NORMS
-from ..tasks import evaluate_batches, evaluate_model, headline
+from ..tasks import evaluate_batches, evaluate_model, headline, miou_over
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from ..training.config import TASK_RECIPES
 from ..training.checkpoint import CKPT_FORMAT, load_checked
@@ -92,7 +92,7 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--method-arg", dest="method_args", action="append", default=None, metavar="KEY=VALUE",
                    type=method_arg, help="a method hyper-parameter, repeatable (e.g. --method-arg beta=0.01)")
     p.add_argument("--crop", dest="crop_size", type=hw_pair, default=None, metavar="HxW",
-                   help="domains read from files (gta5:PATH, cityscapes:PATH): training crop, e.g. 512x1024")
+                   help="domains read from files (gta5:, cityscapes:, synthia:PATH): training crop, e.g. 512x1024")
     p.add_argument("--eval-size", type=hw_pair, default=None, metavar="HxW",
                    help="domains read from files: evaluation input size (scored at the labels' full size)")
     p.add_argument("--workers", type=nonneg_int, default=d.workers,
@@ -195,6 +195,9 @@ def add_parser(sub) -> None:
     e.add_argument("--eval-size", type=hw_pair, default=None, metavar="HxW",
                    help="a segmentation domain read from files: the input size (scored at the labels' full size)")
     e.add_argument("--workers", type=nonneg_int, default=2, help="a domain read from files: DataLoader workers")
+    e.add_argument("--classes", default=None, metavar="NAMES",
+                   help="segmentation: the mIoU over these classes only, comma-separated names, or synthia16 / "
+                        "synthia13 (the SYNTHIA -> Cityscapes conventions); default: every class in the labels")
     add_data_dir(e)
     e.set_defaults(func=run_evaluate)
 
@@ -302,16 +305,40 @@ def _evaluate_streamed(args, model, config, domain, split) -> int:
     return _print_segmentation(args, sc, len(split), f"input {size}, labels at full size", config)
 
 
+def _class_subset(spec: str | None, names) -> list[str] | None:
+    """``--classes``: None (every class), a SYNTHIA preset or comma-separated class names."""
+    if spec is None:
+        return None
+    from ..data.seg_real import SYNTHIA_13_LEFT_OUT, SYNTHIA_ABSENT
+
+    presets = {"synthia16": SYNTHIA_ABSENT, "synthia13": SYNTHIA_13_LEFT_OUT}
+    if spec.strip().lower() in presets:
+        return [c for c in names if c not in presets[spec.strip().lower()]]
+    chosen = [c.strip() for c in spec.split(",") if c.strip()]
+    unknown = [c for c in chosen if c not in names]
+    if not chosen or unknown:
+        raise DalabError(f"--classes: no class {', '.join(map(repr, unknown)) or repr(spec)} (classes: "
+                         f"{', '.join(names)}; or synthia16, synthia13)")
+    return chosen
+
+
 def _print_segmentation(args, sc: dict, n: int, resolution, config) -> int:
     """mIoU, pixel accuracy and the per-class IoU table of a segmentation model's scores ``sc``."""
+    subset = _class_subset(getattr(args, "classes", None), list(sc["per_class_iou"]))
+    if subset is not None:
+        sc = {**sc, "classes": subset}
+        sc["miou"], sc["classes_scored"] = miou_over(sc["per_class_iou"], subset)
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split, "miou": sc["miou"],
            "pixel_acc": sc["pixel_acc"], "per_class_iou": sc["per_class_iou"], "classes_scored": sc["classes_scored"],
            "n": n, "resolution": resolution, "trained_method": config.get("method")}
+    if subset is not None:
+        res["classes"] = subset
     if args.json:
         print_json(res)
         return 0
     where = resolution if isinstance(resolution, str) else "labels at " + "x".join(map(str, resolution))
-    print(f"{args.domain}/{args.split}: mIoU {100 * sc['miou']:.2f}% over the {sc['classes_scored']} classes present "
+    which = "classes present" if subset is None else f"of the {len(subset)} classes asked for present"
+    print(f"{args.domain}/{args.split}: mIoU {100 * sc['miou']:.2f}% over the {sc['classes_scored']} {which} "
           f"in the labels, pixel accuracy {100 * sc['pixel_acc']:.2f}% ({n} images, {where})")
     print(f"| {'class':14s} | IoU     |")
     print(f"|{'-' * 16}|---------|")

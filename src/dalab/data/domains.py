@@ -101,12 +101,14 @@ class DomainSpec:
 
 
 REGISTRY: dict[str, DomainSpec] = {}
+SEG_DATASETS = ("gta5", "cityscapes", "synthia")  # KIND:PATH names of segmentation datasets read from files
 
 
 def domain_task(name: str) -> str:
     """The task of a domain name without loading it: a registered domain's, segmentation for
-    ``gta5:PATH`` / ``cityscapes:PATH``, classification for ``folder:PATH`` (and unknown names)."""
-    if name.split(":", 1)[0] in ("gta5", "cityscapes") and ":" in name:
+    ``gta5:PATH`` / ``cityscapes:PATH`` / ``synthia:PATH``, classification for ``folder:PATH`` (and
+    unknown names)."""
+    if name.split(":", 1)[0] in SEG_DATASETS and ":" in name:
         return "segmentation"
     spec = REGISTRY.get(name)
     return spec.task if spec is not None else "classification"
@@ -155,21 +157,21 @@ def load_domain(name: str, root=None) -> Domain:
     """Load a registered domain from the cache folder (``dalab data prepare`` builds it).
 
     Three prefixes name data by path instead: ``folder:PATH`` (any image folder, see
-    ``data/folder.py``), ``gta5:PATH`` and ``cityscapes:PATH`` (the real segmentation
-    datasets, streamed from their files, see ``data/seg_real.py``).
+    ``data/folder.py``), ``gta5:PATH``, ``cityscapes:PATH`` and ``synthia:PATH`` (the real
+    segmentation datasets, streamed from their files, see ``data/seg_real.py``).
     """
     root = data_dir(root)
     if name.startswith("folder:"):  # any image folder, see data/folder.py (cached by path + mtimes)
         from .folder import load_folder_domain
 
         return load_folder_domain(name, root)
-    if name.startswith(("gta5:", "cityscapes:")):  # read from the dataset's own files, nothing cached
+    if name.startswith(tuple(f"{k}:" for k in SEG_DATASETS)):  # read from the dataset's own files, nothing cached
         from .seg_real import load_seg_domain
 
         return load_seg_domain(name)
     if name not in REGISTRY:
         raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, "
-                        "or folder:PATH, gta5:PATH, cityscapes:PATH)")
+                        "or folder:PATH, gta5:PATH, cityscapes:PATH, synthia:PATH)")
     return REGISTRY[name].load(root)
 
 

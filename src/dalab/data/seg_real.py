@@ -24,6 +24,17 @@ Layouts (the datasets as distributed; nothing is converted or cached):
   are only for the oracle), ``val`` (500) is the scored split. ``test`` is left out: its
   public labels are all "unlabeled".
 
+- **SYNTHIA-RAND-CITYSCAPES**: ``PATH/RGB/0000000.png ...`` and ``PATH/GT/LABELS/0000000.png ...``,
+  paired by file name (9,400 pairs, 1280x760). A label is a 16-bit PNG whose first (red)
+  channel holds SYNTHIA's class (0..22; the second channel holds instance ids). Pillow reads
+  16-bit colour PNGs truncated to their high bytes, which turns every class into 0, so these
+  labels are read with OpenCV (an optional extra: ``pip install opencv-python-headless``); an
+  8-bit copy (grey, palette or RGB with the class in red) is read with PIL. SYNTHIA's classes
+  map to the 19 train ids (:data:`SYNTHIA_TO_TRAIN_ID`); void, parking slot, road work and lane
+  marking become 255, and terrain, truck and train do not occur in the renders, so papers
+  score SYNTHIA -> Cityscapes on 16 (or 13) classes (``dalab evaluate --classes``). ``val`` is
+  held out as for GTA5.
+
 Label ids are mapped to train ids 0..18 through
 :data:`~dalab.data.cityscapes_labels.ID_TO_TRAIN_ID`; every other id of the table
 (0..33) becomes :data:`~dalab.data.cityscapes_labels.IGNORE` (255). A value outside the
@@ -68,14 +79,24 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from ..errors import DalabError, DataError
 from .cityscapes_labels import ID_TO_TRAIN_ID, IGNORE, KNOWN_IDS, NUM_CLASSES, TRAIN_NAMES
 
-__all__ = ["gta5_pairs", "gta5_split", "cityscapes_pairs", "read_label", "read_pair", "size_mismatches",
-           "SegFiles", "SegLoader", "StreamSplit", "collate", "load_seg_domain", "GTA5_VAL"]
+__all__ = ["gta5_pairs", "gta5_split", "cityscapes_pairs", "synthia_pairs", "read_label", "read_synthia_label",
+           "read_pair", "size_mismatches", "SegFiles", "SegLoader", "StreamSplit", "collate", "load_seg_domain",
+           "GTA5_VAL", "SYNTHIA_TO_TRAIN_ID", "SYNTHIA_ABSENT", "SYNTHIA_13_LEFT_OUT"]
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 GTA5_VAL = 500  # held-out GTA5 pairs for source validation (fewer in a copy of under 5000)
 SHOW = 3  # unpaired files named in an error
+
+# SYNTHIA-RAND-CITYSCAPES class (its README's table) -> Cityscapes train id; 0 void, 13 parking slot,
+# 14 road work and 22 lane marking -> IGNORE
+SYNTHIA_TO_TRAIN_ID = np.full(23, IGNORE, np.uint8)
+for _synthia, _train in {3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9, 1: 10, 10: 11, 17: 12,
+                         8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18}.items():
+    SYNTHIA_TO_TRAIN_ID[_synthia] = _train
+SYNTHIA_ABSENT = ("terrain", "truck", "train")  # never in the renders: the 16-class score leaves them out
+SYNTHIA_13_LEFT_OUT = SYNTHIA_ABSENT + ("wall", "fence", "pole")  # the 13-class score (mIoU*) leaves these out
 
 _KNOWN = np.zeros(256, bool)
 _KNOWN[sorted(KNOWN_IDS)] = True
@@ -162,6 +183,21 @@ def cityscapes_pairs(root, split: str) -> list[Pair]:
     return _pair_up(images, labels, f"Cityscapes {split} at {r}", f"{lab_dir}/", f"{img_dir}/")
 
 
+def synthia_pairs(root) -> list[Pair]:
+    """Every (image, label) pair of a SYNTHIA-RAND-CITYSCAPES folder ``root/RGB/*.png`` +
+    ``root/GT/LABELS/*.png``, sorted."""
+    r = _root(root, "SYNTHIA")
+    img_dir, lab_dir = r / "RGB", r / "GT" / "LABELS"
+    missing = [str(d.relative_to(r)) + "/" for d in (img_dir, lab_dir) if not d.is_dir()]
+    if missing:
+        raise DataError(f"{r}: not a SYNTHIA-RAND-CITYSCAPES folder: expected RGB/ and GT/LABELS/ "
+                        f"(RGB/0000000.png, GT/LABELS/0000000.png), no {' or '.join(missing)}")
+    images, labels = _pngs(img_dir), _pngs(lab_dir)
+    if not images and not labels:
+        raise DataError(f"{r}: RGB/ and GT/LABELS/ hold no PNG files")
+    return _pair_up(images, labels, f"SYNTHIA at {r}", f"{lab_dir}/", f"{img_dir}/")
+
+
 # ------------------------------------------------------------------------ reading one pair
 
 def _open(path: Path) -> Image.Image:
@@ -199,6 +235,45 @@ def read_label(path: Path, img: Image.Image | None = None) -> np.ndarray:
     return ID_TO_TRAIN_ID[ids]
 
 
+def _png_depth(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's header, or None when the file is not a PNG."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(29)
+    except OSError as e:
+        raise DataError(f"{path}: not readable ({type(e).__name__}: {e})") from None
+    if len(head) < 29 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def read_synthia_label(path: Path) -> np.ndarray:
+    """A SYNTHIA label PNG (class in the first channel, 16-bit or 8-bit) -> (H, W) uint8 train ids."""
+    path = Path(path)
+    depth = _png_depth(path)
+    if depth is not None and depth[0] == 16:
+        try:
+            import cv2
+        except ImportError:
+            raise DalabError(f"{path}: SYNTHIA's labels are 16-bit PNGs, which Pillow reads truncated to 8 bits; "
+                             "reading them needs OpenCV: pip install opencv-python-headless") from None
+        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if a is None:
+            raise DataError(f"{path}: not a readable image (OpenCV could not decode it)")
+        ids = a[:, :, 2] if a.ndim == 3 else a  # OpenCV orders channels B, G, R(, A): red is index 2
+    else:
+        with _open(path) as img:
+            if img.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
+                raise DataError(f"{path}: a {img.mode}-mode image, not a SYNTHIA label PNG")
+            a = np.asarray(_decode(img, path))
+        ids = a[:, :, 0] if a.ndim == 3 else a
+    bad = np.unique(ids[ids >= len(SYNTHIA_TO_TRAIN_ID)])
+    if len(bad):
+        shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise DataError(f"{path}: class {shown} outside SYNTHIA's label table (0..{len(SYNTHIA_TO_TRAIN_ID) - 1})")
+    return SYNTHIA_TO_TRAIN_ID[ids.astype(np.intp)]
+
+
 def size_mismatches(pairs) -> list[tuple[Path, Path, tuple[int, int], tuple[int, int]]]:
     """Every (image, label, image (W, H), label (W, H)) whose sizes differ, from the PNG headers
     only (no pixel is decoded), to find such pairs before a run rather than in the middle."""
@@ -210,12 +285,15 @@ def size_mismatches(pairs) -> list[tuple[Path, Path, tuple[int, int], tuple[int,
     return out
 
 
-def read_pair(image_path: Path, label_path: Path) -> tuple[Image.Image, np.ndarray]:
-    """(RGB PIL image, (H, W) uint8 train ids), checked to be of the same size."""
+def read_pair(image_path: Path, label_path: Path, label_format: str = "cityscapes") -> tuple[Image.Image, np.ndarray]:
+    """(RGB PIL image, (H, W) uint8 train ids), checked to be of the same size. ``label_format``:
+    ``"cityscapes"`` (label ids, GTA5 and Cityscapes) or ``"synthia"`` (:func:`read_synthia_label`)."""
     with _open(image_path) as img, _open(label_path) as lab:
         if img.size != lab.size:
             raise DataError(f"{image_path} is {img.size[0]}x{img.size[1]} but its label {label_path} is "
                             f"{lab.size[0]}x{lab.size[1]}")
+        if label_format == "synthia":
+            return _decode(img, image_path).convert("RGB"), read_synthia_label(label_path)
         return _decode(img, image_path).convert("RGB"), read_label(label_path, lab)
 
 
@@ -255,8 +333,11 @@ class SegFiles(Dataset):
     """
 
     def __init__(self, pairs, train: bool, crop=None, scale=(0.5, 1.5), flip: bool = True, size=None,
-                 seed: int = 0, score_at: str = "full"):
+                 seed: int = 0, score_at: str = "full", label_format: str = "cityscapes"):
         self.pairs = [(Path(a), Path(b)) for a, b in pairs]
+        if label_format not in ("cityscapes", "synthia"):
+            raise DalabError(f"label_format must be 'cityscapes' or 'synthia', got {label_format!r}")
+        self.label_format = label_format
         self.train = bool(train)
         self.crop = _hw(crop, "crop")
         self.size = _hw(size, "size")
@@ -281,7 +362,7 @@ class SegFiles(Dataset):
 
     def __getitem__(self, key):
         index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
-        img, lab = read_pair(*self.pairs[index])
+        img, lab = read_pair(*self.pairs[index], label_format=self.label_format)
         if self.train:
             img, lab = self._augment(img, lab, np.random.default_rng([self.seed, epoch, index]))
         elif self.size is not None:
@@ -427,6 +508,7 @@ class StreamSplit:
     pairs: list
     labelled: bool = True
     name: str = "split"
+    label_format: str = "cityscapes"  # how label files are read (SegFiles)
 
     streamed = True
 
@@ -452,7 +534,8 @@ class StreamSplit:
                 score_at: str = "full", limit: int | None = None) -> SegFiles:
         """The :class:`SegFiles` over this split (its first ``limit`` pairs when given)."""
         pairs = self.pairs if limit is None else self.pairs[:max(int(limit), 0)]
-        return SegFiles(pairs, train, crop=crop, scale=scale, flip=flip, size=size, seed=seed, score_at=score_at)
+        return SegFiles(pairs, train, crop=crop, scale=scale, flip=flip, size=size, seed=seed, score_at=score_at,
+                        label_format=self.label_format)
 
     def loader(self, batch_size: int, train: bool, workers: int = 2, seed: int = 0, rank: int = 0,
                world_size: int = 1, crop=None, scale=(0.5, 1.5), flip: bool = True, size=None,
@@ -492,7 +575,8 @@ class StreamSplit:
 # ------------------------------------------------------------------------ the domains
 
 def load_seg_domain(spec: str):
-    """``gta5:PATH`` or ``cityscapes:PATH`` -> a segmentation :class:`~dalab.data.domains.Domain`."""
+    """``gta5:PATH``, ``cityscapes:PATH`` or ``synthia:PATH`` -> a segmentation
+    :class:`~dalab.data.domains.Domain`."""
     from .domains import Domain
 
     kind, _, path = spec.partition(":")
@@ -505,6 +589,14 @@ def load_seg_domain(spec: str):
         desc = (f"GTA5 (Playing for Data) at {r}, {n} images: {len(train)} train, {len(val)} held out "
                 f"for source validation; labels mapped to the {NUM_CLASSES} Cityscapes train ids")
         splits = {"train": StreamSplit(train, True, f"{spec} train"), "val": StreamSplit(val, True, f"{spec} val")}
+    elif kind == "synthia":
+        r = _root(path, "SYNTHIA")
+        train, val = gta5_split(synthia_pairs(r))
+        desc = (f"SYNTHIA-RAND-CITYSCAPES at {r}, {len(train) + len(val)} images: {len(train)} train, {len(val)} "
+                f"held out for source validation; classes mapped to the {NUM_CLASSES} Cityscapes train ids "
+                f"({', '.join(SYNTHIA_ABSENT)} never occur)")
+        splits = {s: StreamSplit(p, True, f"{spec} {s}", label_format="synthia")
+                  for s, p in (("train", train), ("val", val))}
     elif kind == "cityscapes":
         r = _root(path, "Cityscapes")
         splits = {s: StreamSplit(cityscapes_pairs(r, s), True, f"{spec} {s}") for s in ("train", "val")}
@@ -512,5 +604,5 @@ def load_seg_domain(spec: str):
                 f"(the adaptation target; labels only for the oracle), {len(splits['val'])} val images "
                 f"(scored); {NUM_CLASSES} train ids")
     else:
-        raise DataError(f"unknown segmentation dataset {kind!r} (gta5:PATH or cityscapes:PATH)")
+        raise DataError(f"unknown segmentation dataset {kind!r} (gta5:PATH, cityscapes:PATH or synthia:PATH)")
     return Domain(spec, desc, splits, NUM_CLASSES, TRAIN_NAMES, task="segmentation")

@@ -20,6 +20,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.cityscapes_labels import TRAIN_ID
 from ..data.io import atomic_write_json, atomic_write_text, sha256_file
 from ..errors import DalabError
 from ..methods import METHODS, uses_target_labels
@@ -324,6 +325,9 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
                                 if ok else None),
                      "failures": [f"seed {r.get('seed')}: {r.get('status')}: {r.get('failure')}"
                                   for r in runs if r.get("status") != "completed"]})
+        per_class = _per_class_means([r.get("target_test_per_class_iou") for r in ok])
+        if per_class:  # segmentation: target test IoU per class, mean over seeds
+            rows[-1]["target_per_class_mean"] = per_class
         if any(uses_target_labels(r.get("method")) for r in runs):
             rows[-1]["uses_target_labels"] = True  # the oracle: a reference, not a domain-adaptation result
         notes = [f"seed {r.get('seed')}: trained to {r.get('epochs_done')} epochs after a plan of "
@@ -335,21 +339,57 @@ def aggregate(results: dict[str, list[dict]], seeds: int) -> list[dict]:
     return rows
 
 
+def _per_class_means(tables: list[dict | None]) -> dict[str, float]:
+    """Per class, the mean over runs of the IoUs that are numbers (a class absent from a split is None)."""
+    names = dict.fromkeys(k for t in tables if t for k in t)
+    out = {}
+    for k in names:
+        vals = [t[k] for t in tables if t and isinstance(t.get(k), (int, float))]
+        if vals:
+            out[k] = statistics.fmean(vals)
+    return out
+
+
+def gap_closed(rows: list[dict]) -> dict[str, float]:
+    """Per row, the share of the source-only -> oracle gap in mean target score that it closes:
+    (t - t_source_only) / (t_oracle - t_source_only). Empty without both reference rows."""
+    base = next((r["target_acc_mean"] for r in rows if r["method"] == "source-only"), None)
+    top = next((r["target_acc_mean"] for r in rows if r.get("uses_target_labels")), None)
+    if base is None or top is None or top == base:
+        return {}
+    return {r["method"]: (r["target_acc_mean"] - base) / (top - base)
+            for r in rows if r["target_acc_mean"] is not None}
+
+
 def _pm(m, s) -> str:
     return "n/a" if m is None else f"{100 * m:.2f} ± {100 * s:.2f}"
 
 
 def format_table(rows: list[dict], suite_name: str) -> str:
     score = "mIoU" if any(r.get("metric") == "miou" for r in rows) else "acc"
+    gap = gap_closed(rows)
     lines = [f"# Benchmark `{suite_name}` ({SUITES[suite_name]['description']})", "",
-             f"| method | source {score} (%) | target {score} (%) | runs ok | epochs | selected by | train s (mean) |",
-             "|---|---|---|---|---|---|---|"]
+             f"| method | source {score} (%) | target {score} (%) |" + (" gap closed |" if gap else "")
+             + " runs ok | epochs | selected by | train s (mean) |",
+             "|---|---|---|" + ("---|" if gap else "") + "---|---|---|---|"]
     for r in rows:
         t = "n/a" if r["train_seconds_mean"] is None else f"{r['train_seconds_mean']:.1f}"
         ep = "/".join(str(e) for e in r.get("epochs") or []) or "n/a"
+        g = (f" {100 * gap[r['method']]:.0f} % |" if r["method"] in gap else " n/a |") if gap else ""
         lines.append(f"| {r['method']} | {_pm(r['source_acc_mean'], r['source_acc_std'])} | "
-                     f"{_pm(r['target_acc_mean'], r['target_acc_std'])} | {r['runs_ok']}/{r['runs']} | {ep} | "
+                     f"{_pm(r['target_acc_mean'], r['target_acc_std'])} |{g} {r['runs_ok']}/{r['runs']} | {ep} | "
                      f"{r['selected_by']} | {t} |")
+    if gap:
+        lines += ["", "Gap closed: (target − source-only) / (oracle − source-only), on the mean target scores."]
+    classes = sorted(dict.fromkeys(k for r in rows for k in r.get("target_per_class_mean") or {}),
+                     key=lambda k: (TRAIN_ID.get(k, len(TRAIN_ID)), k))  # Cityscapes' train-id order
+    if classes:
+        lines += ["", "Target test IoU per class (%), mean over the completed seeds:", "",
+                  "| method | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+        for r in rows:
+            pc = r.get("target_per_class_mean") or {}
+            lines.append(f"| {r['method']} | " + " | ".join(f"{100 * pc[k]:.1f}" if k in pc else "n/a"
+                                                            for k in classes) + " |")
     fails = [f"- {r['method']}, {f}" for r in rows for f in r["failures"]]
     return _with_footer(lines, rows, fails, "Mean ± sample std over seeds of the last-epoch model; no target "
                                             "label used for training, tuning or model choice.")
