@@ -74,6 +74,7 @@ def random_class_mask(ys: torch.Tensor, generator: torch.Generator | None = None
 
 # RGB -> YIQ (NTSC); a hue rotation turns the (I, Q) chroma plane and keeps the luma Y.
 _RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 _LUMA = _RGB_TO_YIQ[0]
 
 
@@ -96,13 +97,12 @@ def colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Ten
     x = ((x - mean) * f(contrast) + mean).clamp(0, 1)
     grey = (x * luma).sum(1, keepdim=True)
     x = ((x - grey) * f(saturation) + grey).clamp(0, 1)
-    t = _RGB_TO_YIQ.to(x.device, torch.float32)
     angle = 2 * math.pi * hue.float()
     rot = torch.zeros(len(x), 3, 3, device=x.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2] = angle.cos(), -angle.sin()
     rot[:, 2, 1], rot[:, 2, 2] = angle.sin(), angle.cos()
-    m = torch.linalg.inv(t) @ rot @ t  # (B, 3, 3), per image
+    m = _YIQ_TO_RGB.to(x.device) @ rot @ _RGB_TO_YIQ.to(x.device)  # (B, 3, 3), per image
     return torch.einsum("bij,bjhw->bihw", m.to(x.dtype), x).clamp(0, 1)
 
 
