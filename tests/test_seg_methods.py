@@ -22,7 +22,7 @@ from dalab.models.grl import grad_reverse
 from dalab.models.nets import to_unit_float
 from dalab.tasks import IGNORE, task_loss, upsample_to
 
-SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst", "dacs")
+SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst", "dacs", "mic")
 
 
 class TinySegNet(nn.Module):
@@ -357,3 +357,45 @@ def test_dacs_augment_flag_feeds_the_mixed_images_through_strong_augment(monkeyp
         loss, _ = m.loss(model, Batch(_images(2, seed=0), _labels(2, seed=0), _images(2, seed=1), p=0.0))
         assert torch.isfinite(loss)
     assert seen == [torch.float32]  # once, for augment=True, on floats in [0, 1]
+
+
+# ------------------------------------------------------------------ MIC
+def test_block_mask_keeps_whole_blocks_at_the_asked_ratio():
+    from dalab.methods.mic import block_mask
+    keep = block_mask((64, 48, 96), 6, 0.7, torch.Generator().manual_seed(0))
+    assert keep.shape == (64, 1, 48, 96) and keep.dtype == torch.bool
+    blocks = keep[:, 0].reshape(64, 8, 6, 16, 6)
+    assert (blocks == blocks[:, :, :1, :, :1]).all()  # constant over each 6x6 block
+    assert abs(keep.float().mean().item() - 0.3) < 0.03
+    edge = block_mask((2, 10, 10), 4, 0.5, torch.Generator().manual_seed(1))  # blocks cut at the border
+    assert edge.shape == (2, 1, 10, 10)
+    assert torch.equal(block_mask((2, 10, 10), 4, 0.5, torch.Generator().manual_seed(1)), edge)
+    assert block_mask((2, 10, 10), 4, 0.0).all()
+
+
+def test_mask_images_fill_with_each_images_mean_colour():
+    from dalab.methods.mic import mask_images
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    keep = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
+    keep[:, :, :2] = True
+    out = mask_images(x, keep)
+    assert torch.equal(out[:, :, :2], x[:, :, :2])
+    assert torch.allclose(out[:, :, 2:], x.mean((2, 3), keepdim=True).expand(2, 3, 2, 4))
+
+
+def test_mic_adds_the_confidence_weighted_masked_loss_to_dacs():
+    import dalab.methods.mic as mic
+    torch.manual_seed(0)
+    model = TinySegNet()
+    b = Batch(_images(2, seed=0), _labels(2, seed=0), _images(2, seed=1), p=0.0)
+    # nothing masked and every pixel confident: the term is the plain target CE on the teacher's labels
+    m = make_method("mic", augment=False, mask_ratio=0.0, threshold=0.0)
+    m.setup(model, torch.device("cpu"))
+    loss, logs = m.loss(model, b)
+    pseudo, conf = m.pseudo_labels(b.xt, True)
+    expected = conf * task_loss(model(b.xt.float() / 255), pseudo, reduction="none").mean()
+    assert conf == 1 and expected > 0 and logs["kept_frac"] == 1
+    assert torch.isclose(logs["masked_loss"], expected.detach(), atol=1e-6)
+    assert torch.isclose(loss.detach(), logs["task_loss"] + logs["mix_loss"] + logs["masked_loss"], atol=1e-5)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        mic.MIC(mask_ratio=1.0)

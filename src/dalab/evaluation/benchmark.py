@@ -164,6 +164,8 @@ SUITES: dict[str, dict] = {
             SuiteEntry("dacs", dict(SEG_RECIPE)),
             # the ablation of DACS's colour jitter and blur of the mixed images (dalab < 0.8 left them out)
             SuiteEntry("dacs", {**SEG_RECIPE, "method_args": {"augment": False}}, name="dacs (no jitter or blur)"),
+            SuiteEntry("mic", dict(SEG_RECIPE)),
+            SuiteEntry("mic", {**SEG_RECIPE, "method_args": {"augment": False}}, name="mic (no jitter or blur)"),
             SuiteEntry("target-only", dict(SEG_RECIPE), name="target-only (oracle)"),
         ],
     },

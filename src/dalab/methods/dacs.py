@@ -196,15 +196,21 @@ class DACS(Method):
         self._gen = torch.Generator(device=device)
         self._gen.manual_seed(int(torch.randint(0, 2 ** 62, (1,))))
 
-    def loss(self, model, batch: Batch):
+    def pseudo_labels(self, xt: torch.Tensor, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's (B, H, W) uint8 argmax labels of the target batch and the fraction of its
+        pixels that are confident (>= ``threshold``), a 0-dim float."""
         if self.teacher is None:
-            raise RuntimeError("dacs: call setup(model, device) before loss() (it builds the teacher)")
+            raise RuntimeError(f"{self.name}: call setup(model, device) before loss() (it builds the teacher)")
         with torch.no_grad():
-            self.teacher.train(model.training)
+            self.teacher.train(training)
             with bn_domain(self.teacher, "target"):
-                conf, pseudo = F.softmax(self.teacher(batch.xt).float(), 1).max(1)
-            confident = (conf >= self.threshold).float().mean()
-            x_mix, y_mix, m = class_mix(batch.xs, batch.ys, batch.xt, pseudo.to(torch.uint8),
+                conf, pseudo = F.softmax(self.teacher(xt).float(), 1).max(1)
+            return pseudo.to(torch.uint8), (conf >= self.threshold).float().mean()
+
+    def mix_loss(self, model, batch: Batch, pseudo: torch.Tensor, confident: torch.Tensor):
+        """Source cross-entropy plus ``weight`` times the loss on the class-mixed images."""
+        with torch.no_grad():
+            x_mix, y_mix, m = class_mix(batch.xs, batch.ys, batch.xt, pseudo,
                                         lambda ys: random_class_mask(ys, self._gen))
             xs = batch.xs
             if self.augment:
@@ -215,6 +221,9 @@ class DACS(Method):
         return task + self.weight * mix, {"task_loss": task.detach(), "mix_loss": mix.detach(),
                                           "confident_frac": confident, "mix_frac": m.float().mean(),
                                           "train_acc": accuracy(ls.detach(), batch.ys)}
+
+    def loss(self, model, batch: Batch):
+        return self.mix_loss(model, batch, *self.pseudo_labels(batch.xt, model.training))
 
     def after_step(self, model) -> None:
         t = int(self.ema_steps)
