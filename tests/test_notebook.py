@@ -50,7 +50,9 @@ def _execute(env: dict, timeout: int) -> nbformat.NotebookNode:
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits the environment of this process
     try:
-        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3",
+        # iopub_timeout: on a busy 2-core machine a cell's printed output can reach the client after
+        # the cell's reply; nbclient waits 4 s for it by default and then drops it without a word
+        client = nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", iopub_timeout=30,
                                          resources={"metadata": {"path": str(NOTEBOOK.parent)}})
         client.execute()
     finally:
