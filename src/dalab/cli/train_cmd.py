@@ -312,8 +312,9 @@ def _class_subset(spec: str | None, names) -> list[str] | None:
     from ..data.seg_real import SYNTHIA_13_LEFT_OUT, SYNTHIA_ABSENT
 
     presets = {"synthia16": SYNTHIA_ABSENT, "synthia13": SYNTHIA_13_LEFT_OUT}
-    if spec.strip().lower() in presets:
-        return [c for c in names if c not in presets[spec.strip().lower()]]
+    left_out = presets.get(spec.strip().lower())
+    if left_out is not None:
+        return [c for c in names if c not in left_out]
     chosen = [c.strip() for c in spec.split(",") if c.strip()]
     unknown = [c for c in chosen if c not in names]
     if not chosen or unknown:
@@ -326,7 +327,7 @@ def _print_segmentation(args, sc: dict, n: int, resolution, config) -> int:
     """mIoU, pixel accuracy and the per-class IoU table of a segmentation model's scores ``sc``."""
     subset = _class_subset(getattr(args, "classes", None), list(sc["per_class_iou"]))
     if subset is not None:
-        sc = {**sc, "classes": subset}
+        sc = dict(sc)
         sc["miou"], sc["classes_scored"] = miou_over(sc["per_class_iou"], subset)
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split, "miou": sc["miou"],
            "pixel_acc": sc["pixel_acc"], "per_class_iou": sc["per_class_iou"], "classes_scored": sc["classes_scored"],

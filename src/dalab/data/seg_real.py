@@ -247,8 +247,9 @@ def _png_depth(path: Path) -> tuple[int, int] | None:
     return head[24], head[25]
 
 
-def read_synthia_label(path: Path) -> np.ndarray:
-    """A SYNTHIA label PNG (class in the first channel, 16-bit or 8-bit) -> (H, W) uint8 train ids."""
+def read_synthia_label(path: Path, img: Image.Image | None = None) -> np.ndarray:
+    """A SYNTHIA label PNG (class in the first channel, 16-bit or 8-bit) -> (H, W) uint8 train ids.
+    ``img``: the file already opened with PIL (its header read), used for an 8-bit file."""
     path = Path(path)
     depth = _png_depth(path)
     if depth is not None and depth[0] == 16:
@@ -261,11 +262,13 @@ def read_synthia_label(path: Path) -> np.ndarray:
         if a is None:
             raise DataError(f"{path}: not a readable image (OpenCV could not decode it)")
         ids = a[:, :, 2] if a.ndim == 3 else a  # OpenCV orders channels B, G, R(, A): red is index 2
+    elif img is None:
+        with _open(path) as lab:
+            return read_synthia_label(path, lab)
     else:
-        with _open(path) as img:
-            if img.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
-                raise DataError(f"{path}: a {img.mode}-mode image, not a SYNTHIA label PNG")
-            a = np.asarray(_decode(img, path))
+        if img.mode not in ("P", "L", "RGB", "RGBA", "I;16", "I"):
+            raise DataError(f"{path}: a {img.mode}-mode image, not a SYNTHIA label PNG")
+        a = np.asarray(_decode(img, path))
         ids = a[:, :, 0] if a.ndim == 3 else a
     bad = np.unique(ids[ids >= len(SYNTHIA_TO_TRAIN_ID)])
     if len(bad):
@@ -285,16 +288,19 @@ def size_mismatches(pairs) -> list[tuple[Path, Path, tuple[int, int], tuple[int,
     return out
 
 
+# how label files are read, by format: (path, the file opened with PIL) -> (H, W) uint8 train ids
+LABEL_READERS = {"cityscapes": read_label,  # Cityscapes label ids: GTA5 and Cityscapes
+                 "synthia": read_synthia_label}
+
+
 def read_pair(image_path: Path, label_path: Path, label_format: str = "cityscapes") -> tuple[Image.Image, np.ndarray]:
-    """(RGB PIL image, (H, W) uint8 train ids), checked to be of the same size. ``label_format``:
-    ``"cityscapes"`` (label ids, GTA5 and Cityscapes) or ``"synthia"`` (:func:`read_synthia_label`)."""
+    """(RGB PIL image, (H, W) uint8 train ids), checked to be of the same size; the label is read
+    by ``LABEL_READERS[label_format]``."""
     with _open(image_path) as img, _open(label_path) as lab:
         if img.size != lab.size:
             raise DataError(f"{image_path} is {img.size[0]}x{img.size[1]} but its label {label_path} is "
                             f"{lab.size[0]}x{lab.size[1]}")
-        if label_format == "synthia":
-            return _decode(img, image_path).convert("RGB"), read_synthia_label(label_path)
-        return _decode(img, image_path).convert("RGB"), read_label(label_path, lab)
+        return _decode(img, image_path).convert("RGB"), LABEL_READERS[label_format](label_path, lab)
 
 
 # ------------------------------------------------------------------------ the dataset
@@ -335,8 +341,8 @@ class SegFiles(Dataset):
     def __init__(self, pairs, train: bool, crop=None, scale=(0.5, 1.5), flip: bool = True, size=None,
                  seed: int = 0, score_at: str = "full", label_format: str = "cityscapes"):
         self.pairs = [(Path(a), Path(b)) for a, b in pairs]
-        if label_format not in ("cityscapes", "synthia"):
-            raise DalabError(f"label_format must be 'cityscapes' or 'synthia', got {label_format!r}")
+        if label_format not in LABEL_READERS:
+            raise DalabError(f"label_format must be one of {', '.join(map(repr, LABEL_READERS))}, got {label_format!r}")
         self.label_format = label_format
         self.train = bool(train)
         self.crop = _hw(crop, "crop")
