@@ -70,7 +70,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "FeatureExtractor": ("dalab.models.nets", "FeatureExtractor"),
     "LabelHead": ("dalab.models.nets", "LabelHead"),
     "DomainHead": ("dalab.models.nets", "DomainHead"),
-    "build_model": ("dalab.models.nets", "build_model"),
+    "build_model": ("dalab.models.registry", "build_model"),
     "SegNet": ("dalab.models.segnet", "SegNet"),
     "SegmentationNet": ("dalab.models.segnet", "SegmentationNet"),
     # tasks: losses and scores of classification and segmentation
@@ -152,7 +152,8 @@ if TYPE_CHECKING:  # let type checkers and IDEs see the lazy names
     from .models.grl import (GradientReversal, GradReverseFn, LambdaSchedule, ganin_lambda,  # noqa: F401
                              grad_reverse)
     from .models.inference import accuracy_of, extract_features, predict_logits  # noqa: F401
-    from .models.nets import DANNNet, DomainHead, FeatureExtractor, LabelHead, build_model  # noqa: F401
+    from .models.nets import DANNNet, DomainHead, FeatureExtractor, LabelHead  # noqa: F401
+    from .models.registry import build_model  # noqa: F401
     from .models.segnet import SegmentationNet, SegNet  # noqa: F401
     from .tasks import confusion_matrix, evaluate_model, scores_from_confusion, task_loss  # noqa: F401
     from .training import (TrainConfig, Trainer, ganin_lr, load_model, save_model,  # noqa: F401

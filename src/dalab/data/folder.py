@@ -170,7 +170,7 @@ def load_folder_arrays(path: str | os.PathLike, data_root: Path | None) -> dict[
 
 def load_folder_domain(spec: str, data_root: Path | None):
     """``folder:PATH`` (or a bare PATH) -> :class:`dalab.data.domains.Domain`."""
-    from .domains import Domain, Split
+    from .base import Domain, Split
 
     path = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
     if not path:

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -78,8 +79,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def json_safe(obj):
+    """``obj`` with every float that is not finite (NaN, infinity) replaced by None, recursively through
+    dicts, lists and tuples: JSON has no NaN, so an absent score is ``null``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def json_text(obj, indent: int | None = 2) -> str:
+    """Strict JSON of ``obj`` (sorted keys; NaN and infinities written as null, see :func:`json_safe`)."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=True, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(obj) + "\n")
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cityscapes_labels import NUM_CLASSES, TRAIN_NAMES
-from .domains import Domain, DomainSpec, _from_arrays, register
+from .base import Domain, DomainSpec, from_arrays, register
 from .external import SVHN_CACHE, USPS_CACHE
 from .mnist import load_npz_checked
 from .syndigits import CACHE_NAME as SYN_CACHE
@@ -25,7 +25,7 @@ def _loader(name: str, cache: str, default_desc: str):
     def load(root: Path):
         a = load_npz_checked(root / cache, name)
         origin = str(a["meta_origin"]) if "meta_origin" in a else default_desc
-        return _from_arrays(name, origin, a)
+        return from_arrays(name, origin, a)
 
     load.__name__ = f"_load_{name.replace('-', '_')}"
     return load
@@ -49,7 +49,7 @@ def _scene_loader(name: str):
     def load(root: Path) -> Domain:
         a = load_npz_checked(root / scenes.cache_name(name), name)
         style = scenes.STYLES[name]
-        d = _from_arrays(name, f"procedural street scenes, {scenes.DESCRIPTIONS[name]} (seed {int(a['meta_seed'])}, "
+        d = from_arrays(name, f"procedural street scenes, {scenes.DESCRIPTIONS[name]} (seed {int(a['meta_seed'])}, "
                          f"{a['train_x'].shape[1]}x{a['train_x'].shape[2]}; not {style.stands_for})", a)
         d.num_classes, d.classes, d.task = NUM_CLASSES, TRAIN_NAMES, "segmentation"
         return d

@@ -583,7 +583,7 @@ class StreamSplit:
 def load_seg_domain(spec: str):
     """``gta5:PATH``, ``cityscapes:PATH`` or ``synthia:PATH`` -> a segmentation
     :class:`~dalab.data.domains.Domain`."""
-    from .domains import Domain
+    from .base import Domain
 
     kind, _, path = spec.partition(":")
     if not path:

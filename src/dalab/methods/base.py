@@ -49,6 +49,8 @@ class Method(nn.Module):
     needs_target_set: ClassVar[bool] = False
     #: the tasks (see :mod:`dalab.tasks`) whose labels and networks the method's loss handles
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
+    #: bumped when the method's behaviour changes, so that a benchmark does not reuse runs made before
+    version: ClassVar[int] = 1
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
@@ -65,6 +67,17 @@ class Method(nn.Module):
 
     def after_step(self, model: nn.Module) -> None:
         """Called after each optimiser step (e.g. an EMA teacher update)."""
+
+    def rng_state(self) -> dict:
+        """The state of every ``torch.Generator`` the method holds as an attribute (saved in checkpoints,
+        so that a resumed run draws the same masks and augmentations as an uninterrupted one)."""
+        return {k: g.get_state() for k, g in vars(self).items() if isinstance(g, torch.Generator)}
+
+    def set_rng_state(self, state: dict) -> None:
+        for k, st in state.items():
+            g = getattr(self, k, None)
+            if isinstance(g, torch.Generator):
+                g.set_state(st)
 
     def describe(self) -> dict:
         """Hyper-parameters worth recording in summaries."""

@@ -72,7 +72,6 @@ Shapes throughout: (B,3,28,28) images -> (B,10) logits.
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -80,6 +79,7 @@ import torch.nn.functional as F
 
 from ..models.batchnorm import bn_domain
 from ..models.nets import to_unit_float
+from ..models.ema import ema_update, make_teacher  # noqa: F401  (re-exported)
 from .base import Batch, Method, accuracy
 from .dann import logits_per_domain
 
@@ -152,24 +152,6 @@ def confident_squared_difference(student_probs: torch.Tensor, teacher_probs: tor
     mask = (teacher_probs.max(1).values > threshold).to(student_probs.dtype)
     sq = ((student_probs - teacher_probs) ** 2).sum(1)
     return (mask * sq).mean(), mask
-
-
-def make_teacher(model: torch.nn.Module) -> torch.nn.Module:
-    """A frozen copy of ``model`` (no parameter requires grad) to serve as an EMA teacher."""
-    teacher = copy.deepcopy(model)
-    for q in teacher.parameters():
-        q.requires_grad_(False)
-    return teacher
-
-
-@torch.no_grad()
-def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float) -> None:
-    """``teacher <- decay * teacher + (1 - decay) * student`` for parameters; buffers
-    (batch-norm statistics) are copied from the student."""
-    for tp, sp in zip(teacher.parameters(), student.parameters()):
-        tp.mul_(decay).add_(sp.detach(), alpha=1.0 - decay)
-    for tb, sb in zip(teacher.buffers(), student.buffers()):
-        tb.copy_(sb)
 
 
 class MeanTeacher(Method):

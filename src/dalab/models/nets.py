@@ -239,31 +239,3 @@ class DANNNet(ThreeParts):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))
-
-
-# the "arch" name each network has in checkpoints; dalab <= 0.2 wrote "ganin-mnist" (or nothing)
-CHECKPOINT_ARCH = {"ganin": "ganin-mnist", "conv9": "conv9-shu", "segnet": "segnet-dalab"}
-ARCH_OF_CHECKPOINT = {v: k for k, v in CHECKPOINT_ARCH.items()}
-# dalab 0.3.0 cut conv9 after its pooling layer (64 features): those weights do not fit this layout
-RETIRED_ARCHS = {"conv9": "a conv9 network of dalab 0.3.0 (cut after pooling, not after the second block); "
-                          "retrain it with this version"}
-
-
-def build_model(config: dict) -> nn.Module:
-    """Rebuild a model from the plain config stored in checkpoints."""
-    name = str(config.get("arch", "ganin-mnist"))
-    if name in RETIRED_ARCHS:
-        raise ValueError(RETIRED_ARCHS[name])
-    arch = ARCH_OF_CHECKPOINT.get(name)
-    if arch is None:
-        raise ValueError(f"unknown network {config.get('arch')!r}")
-    if arch == "segnet":
-        from .segnet import SegNet
-
-        return SegNet(num_classes=int(config.get("num_classes", 19)), width=int(config.get("width", 24)),
-                      batch_norm=bool(config.get("batch_norm", True)), domain_bn=bool(config.get("domain_bn", True)),
-                      input_norm=str(config.get("input_norm", "instance")))
-    return DANNNet(num_classes=int(config.get("num_classes", 10)),
-                   batch_norm=bool(config.get("batch_norm", False)),
-                   input_norm=str(config.get("input_norm", "none")),
-                   domain_bn=bool(config.get("domain_bn", False)), arch=arch)
