@@ -286,13 +286,14 @@ def test_unlabelled_source_for_segmentation_is_one_line_exit_2(tiny_scenes, tmp_
 
 
 def test_select_all_validators_on_segmentation_runs_uses_the_pixel_ones(tiny_scenes, tmp_path):
-    from dalab.evaluation.selection import SEGMENTATION_VALIDATORS
+    from dalab.tasks import get_task
 
     Trainer(TrainConfig(method="dann", data_dir=str(tiny_scenes), **SEG), tmp_path / "runs" / "dann",
             progress=False).fit()
     r = dalab("select", tmp_path / "runs", "--data-dir", tiny_scenes, "--json")   # --validator all
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["validators"] == list(SEGMENTATION_VALIDATORS)
+    assert json.loads(r.stdout)["validators"] == list(get_task("segmentation").validators)
+    assert "dev" not in get_task("segmentation").validators  # a per-image validator: not defined for pixels
 
 
 def test_mask_names_never_collide(tiny_scenes, tmp_path):

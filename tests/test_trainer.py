@@ -96,17 +96,20 @@ def test_init_from_warm_starts(tiny_data, tmp_path):
 
 
 def test_weight_ema_is_evaluated_saved_and_resumed(tiny_data, tmp_path):
-    from dalab.training.trainer import WeightEMA
+    from dalab.models.ema import EMA, decay_at
 
     # the EMA maths: warm-up decay min(d, (1 + t) / (10 + t)), buffers copied
     m = torch.nn.BatchNorm1d(2)
-    ema = WeightEMA(m, 0.9)
+    ema = EMA(m, 0.9, warmup="tf")
     with torch.no_grad():
         m.weight.fill_(3.0)
         m.running_mean.fill_(5.0)
     ema.update(m)  # t = 1: d = 2 / 11
     assert torch.allclose(ema.model.weight, torch.full((2,), (2 / 11) * 1.0 + (9 / 11) * 3.0))
     assert torch.equal(ema.model.running_mean, m.running_mean)
+    # the other warm-ups: DACS's plain mean until the decay, a constant decay
+    assert [decay_at(0.9, t, "mean") for t in (0, 1, 3, 50)] == [0.0, 0.5, 0.75, 0.9]
+    assert decay_at(0.9, 0, "constant") == 0.9 and decay_at(0.9, 10 ** 6, "tf") == 0.9
     # in a run: model.pt holds the EMA weights, not the raw ones
     t = Trainer(cfg(tiny_data, ema_decay=0.99), tmp_path / "e", progress=False)
     s = t.fit()

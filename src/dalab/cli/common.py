@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 
@@ -79,8 +78,12 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 
 def print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, sort_keys=True))
+    """Strict JSON on stdout: an absent score (NaN) is null."""
+    from ..data.io import json_text
+
+    print(json_text(obj))
 
 
 def fmt_acc(v) -> str:
-    return "  n/a " if v is None else f"{100 * v:6.2f}%"
+    """A score in percent; ``n/a`` for None or a number that is not finite."""
+    return "  n/a " if v is None or not math.isfinite(v) else f"{100 * v:6.2f}%"

@@ -37,6 +37,7 @@ def run_compare(args) -> int:
     from ..errors import DalabError
     from ..models.inference import predict_logits
     from ..reports.figures import save_segmentation_comparison
+    from ..tasks import get_task
     from ..training import load_model, resolve_device
 
     cols = []
@@ -46,13 +47,13 @@ def run_compare(args) -> int:
             raise DalabError(f"--model {spec!r}: expected NAME=PATH")
         cols.append((name, path))
     dom = load_domain(args.domain, args.data_dir)
-    if getattr(dom, "task", "classification") != "segmentation":
+    if not get_task(dom.task).dense:
         raise DalabError(f"--domain {args.domain} is not a segmentation domain")
     device = resolve_device(args.device)
     models = []
     for name, path in cols:  # every model checked before anything is drawn
         model, config = load_model(path, device)
-        if config.get("task") != "segmentation":
+        if not get_task(config.get("task")).dense:
             raise DalabError(f"--model {name}={path}: not a segmentation model")
         models.append((name, model, config))
     split = dom[args.split]

@@ -142,12 +142,10 @@ def run_list(args) -> int:
 
 
 def run_show(args) -> int:
-    from ..reports.figures import save_image_grid, save_segmentation_grid
+    from ..tasks import get_task
 
     d = load_domain(args.domain, args.data_dir)
-    if getattr(d, "task", "classification") == "segmentation":  # each image beside its colour-coded labels
-        save_segmentation_grid(d[args.split], args.out, n=min(args.n, 16), seed=args.seed, title=d.description)
-    else:
-        save_image_grid(d[args.split], args.out, n=args.n, seed=args.seed, title=d.description)
+    # images in a grid; segmentation: each image beside its colour-coded labels
+    get_task(d.task).draw_examples(d[args.split], args.out, n=args.n, seed=args.seed, title=d.description)
     print(f"wrote {args.out}")
     return 0

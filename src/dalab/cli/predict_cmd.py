@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from ..data.images import find_images, load_images
+from ..data.images import find_images
 from ..errors import DalabError
 from .common import DEVICE_HELP, HelpFormatter
 
@@ -40,104 +40,26 @@ def add_parser(sub) -> None:
 
 
 def run_predict(args) -> int:
-    import torch
-
-    from ..models.inference import predict_logits
+    from ..tasks import get_task
     from ..training import load_model, resolve_device
 
     device = resolve_device(args.device)
     model, config = load_model(args.checkpoint, device)  # bad checkpoint: one line, nothing predicted
-    size = int((config.get("input") or [3, 28, 28])[-1])
-    class_names = config.get("class_names")
-    if config.get("task") == "segmentation":
-        return _predict_masks(args, model, config)
-
+    task = get_task(config.get("task"))
     files, errors = [], []
     for p in args.paths:
         try:
             files.extend(find_images([p]))
         except DalabError as e:
             errors.append((p, str(e)))
-    x, ok, bad = load_images(files, size)
-    errors.extend((str(p), msg) for p, msg in bad)
-
-    preds = []
-    if len(ok):
-        t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
-        probs = torch.softmax(predict_logits(model, t, domain="target"), dim=1)  # the domain it was adapted to
-        conf, label = probs.max(dim=1)
-        for path, lab, c in zip(ok, label.tolist(), conf.tolist()):
-            row = {"path": str(path), "label": int(lab), "confidence": round(float(c), 6)}
-            if isinstance(class_names, (list, tuple)) and lab < len(class_names):
-                row["class_name"] = str(class_names[lab])
-            preds.append(row)
-
-    if args.json:
-        print(json.dumps({"checkpoint": str(args.checkpoint), "predictions": preds,
-                          "errors": [{"path": str(p), "error": m} for p, m in errors]}, indent=2))
-    else:
-        for r in preds:
-            name = f" ({r['class_name']})" if "class_name" in r else ""
-            print(f"{r['path']}\t{r['label']}{name}\t{r['confidence']:.4f}")
-    sys.stdout.flush()
-    for _, msg in errors:
-        sys.stderr.write(f"dalab: error: {msg}\n")
-    return 2 if errors else 0
-
-
-def _predict_masks(args, model, config) -> int:
-    """Segmentation: one colour-coded mask PNG per image, written atomically into ``--out-dir``."""
-    import io
-    from pathlib import Path
-
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from ..data.cityscapes_labels import colorize
-    from ..data.io import atomic_write_bytes
-    from ..data.mnistm import read_rgb
-    from ..models.inference import predict_logits
-
-    if not args.out_dir:
-        raise DalabError("--out-dir DIR is required for a segmentation model (the masks are written there)")
-    out = Path(args.out_dir)
-    if out.exists() and not out.is_dir():
-        raise DalabError(f"--out-dir {out}: exists and is not a folder")
-    h, w = (int(v) for v in (config.get("input") or [3, 48, 96])[1:])
-    files, errors, rows, seen = [], [], [], {}
-    for p in args.paths:
-        try:
-            files.extend(find_images([p]))
-        except DalabError as e:
-            errors.append((p, str(e)))
-    out.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        try:
-            img = read_rgb(Path(f))
-        except DalabError as e:
-            errors.append((str(f), str(e)))
-            continue
-        x = np.asarray(Image.fromarray(img).resize((w, h), Image.BILINEAR), np.uint8)
-        t = torch.from_numpy(x).permute(2, 0, 1)[None].contiguous()
-        probs = torch.softmax(predict_logits(model, t, domain="target"), 1)  # (1, K, h, w)
-        probs = torch.nn.functional.interpolate(probs, size=img.shape[:2], mode="bilinear", align_corners=False)
-        conf, lab = probs[0].cpu().max(0)
-        buf = io.BytesIO()
-        Image.fromarray(colorize(lab.numpy().astype(np.uint8))).save(buf, format="PNG")
-        stem = Path(f).stem
-        seen[stem] = seen.get(stem, 0) + 1
-        if seen[stem] > 1:  # a/1.png and b/1.jpg: the second gets its own file, never the first's
-            stem = f"{stem}_{seen[stem]}"
-        mask = out / f"{stem}_mask.png"
-        atomic_write_bytes(mask, buf.getvalue())
-        rows.append({"path": str(f), "mask": str(mask), "mean_confidence": round(float(conf.mean()), 6)})
+    rows, bad = task.predict_files(model, config, files, args.out_dir)
+    errors.extend(bad)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "predictions": rows,
                           "errors": [{"path": str(p), "error": m} for p, m in errors]}, indent=2))
     else:
         for r in rows:
-            print(f"{r['path']}\t{r['mask']}\t{r['mean_confidence']:.4f}")
+            print(task.prediction_line(r))
     sys.stdout.flush()
     for _, msg in errors:
         sys.stderr.write(f"dalab: error: {msg}\n")

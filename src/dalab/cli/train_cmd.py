@@ -9,14 +9,13 @@ from pathlib import Path
 from ..data import load_domain
 from ..errors import DalabError, TrainingFailure
 from ..methods import METHODS
-from ..models.inference import accuracy_of
 from ..models.nets import ARCHS, INPUT_NORMS
-from ..tasks import evaluate_batches, evaluate_model, headline, miou_over
+from ..tasks import get_task, headline, miou_over
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from ..training.config import TASK_RECIPES
 from ..training.checkpoint import CKPT_FORMAT, load_checked
 from ..training.distributed import env_dist_info
-from .common import (DEVICE_HELP, HelpFormatter, add_data_dir, finite_float, fmt_acc, nonneg_float, nonneg_int,
+from .common import (DEVICE_HELP, HelpFormatter, add_data_dir, fmt_acc, nonneg_float, nonneg_int,
                      positive_float, positive_int, print_json)
 
 TRAIN_EPILOG = """examples:
@@ -231,7 +230,8 @@ def print_summary(summary: dict, as_json: bool = False) -> None:
     if as_json:
         print_json(summary)
     else:
-        what = "mIoU" if summary.get("metric") == "miou" else ""
+        task = get_task(summary.get("task"))
+        what = f"{task.metric_name} " if task.dense else ""
         print(f"{summary['method']}: {summary['source']} -> {summary['target']}  status={summary['status']}  "
               f"source test {what}{fmt_acc(headline(summary, 'source_test'))}  "
               f"target test {what}{fmt_acc(headline(summary, 'target_test'))}  "
@@ -263,46 +263,60 @@ def run_evaluate(args) -> int:
     device = resolve_device(args.device)
     model, config = load_model(args.checkpoint, device)
     domain = load_domain(args.domain, args.data_dir)
+    task = get_task(getattr(domain, "task", None))
+    if task.name != config.get("task", "classification"):
+        raise DalabError(f"{args.checkpoint} is a {config.get('task', 'classification')} model and "
+                         f"{args.domain} a {task.name} domain")
     split = domain[args.split]
     if getattr(split, "streamed", False):  # read from files (cityscapes:PATH): scored batch by batch
-        return _evaluate_streamed(args, model, config, domain, split)
-    x, y = split.tensors(device)
-    if len(y) == 0:
+        batches = split.loader(2, False, workers=args.workers, size=args.eval_size)
+        where = (f"input {'full size' if args.eval_size is None else 'x'.join(map(str, args.eval_size))}, "
+                 "labels at full size")
+    else:
+        x, y = split.tensors(device)
+        batches = ((x[i:i + task.eval_batch], y[i:i + task.eval_batch]) for i in range(0, len(x), task.eval_batch))
+        where = list(y.shape[-2:]) if task.dense else list(x.shape[-2:])
+    if len(split) == 0:
         raise DalabError(f"{args.domain}/{args.split}: no images to evaluate")
-    if bool((y < 0).any()):
-        raise DalabError(f"{args.domain}/{args.split} is unlabelled: accuracy cannot be measured "
-                         "(use `dalab predict` for labels)")
+    if not getattr(split, "labelled", True) or (not getattr(split, "streamed", False) and task.metric == "acc"
+                                                and bool((y < 0).any())):
+        raise DalabError(f"{args.domain}/{args.split} is unlabelled: it cannot be scored "
+                         "(use `dalab predict` for predictions)")
     # a model with per-domain batch-norm statistics uses its source's for the source domain and
     # its target's for any other domain
     bn = "source" if args.domain == config.get("source") else "target"
-    task = getattr(domain, "task", "classification")
-    if task != config.get("task", "classification"):
-        raise DalabError(f"{args.checkpoint} is a {config.get('task', 'classification')} model and "
-                         f"{args.domain} a {task} domain")
-    if task == "segmentation":
-        sc = evaluate_model(model, x, y, "segmentation", int(config.get("num_classes", domain.num_classes)),
-                            domain=bn, class_names=domain.classes)
-        return _print_segmentation(args, sc, len(y), list(y.shape[-2:]), config)
-    acc = accuracy_of(model, x, y, domain=bn)
+    sc = task.evaluate(model, batches, int(config.get("num_classes", domain.num_classes)), domain=bn,
+                       class_names=domain.classes)
+    subset = _class_subset(getattr(args, "classes", None), list(sc.get("per_class_iou") or {}))
+    if subset is not None:
+        if not task.dense:
+            raise DalabError("--classes scores a subset of a segmentation model's classes")
+        sc = dict(sc)
+        sc["miou"], sc["classes_scored"] = miou_over(sc["per_class_iou"], subset)
     res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split,
-           "accuracy": acc, "n": len(y), "trained_method": config.get("method")}
+           "trained_method": config.get("method"), **sc, "resolution": where}
+    if task.metric == "acc":
+        res["accuracy"] = res.pop("acc")  # the field's name since dalab 0.1
+    if subset is not None:
+        res["classes"] = subset
     if args.json:
         print_json(res)
-    else:
-        print(f"{args.domain}/{args.split}: accuracy {100 * acc:.2f}% on {len(y)} images")
+        return 0
+    score = fmt_acc(sc[task.metric]).strip()
+    if not task.dense:
+        print(f"{args.domain}/{args.split}: {task.metric_name} {score} on {sc['n']} images")
+        return 0
+    where = where if isinstance(where, str) else "labels at " + "x".join(map(str, where))
+    which = "classes present" if subset is None else f"of the {len(subset)} classes asked for present"
+    print(f"{args.domain}/{args.split}: {task.metric_name} {score} over the {sc['classes_scored']} {which} in the "
+          f"labels, pixel accuracy {fmt_acc(sc['pixel_acc']).strip()} ({sc['n']} images, {where})")
+    if task.dense:
+        print(f"| {'class':14s} | IoU     |")
+        print(f"|{'-' * 16}|---------|")
+        for name, iou in sc["per_class_iou"].items():
+            if iou is not None:
+                print(f"| {name:14s} | {100 * iou:6.2f}% |")
     return 0
-
-
-def _evaluate_streamed(args, model, config, domain, split) -> int:
-    """A segmentation split read from files: images at --eval-size, scored at the labels' full size."""
-    if config.get("task") != "segmentation":
-        raise DalabError(f"{args.checkpoint} is a classification model and {args.domain} a segmentation domain")
-    bn = "source" if args.domain == config.get("source") else "target"
-    loader = split.loader(2, False, workers=args.workers, size=args.eval_size)
-    sc = evaluate_batches(model, loader, "segmentation", int(config.get("num_classes", domain.num_classes)),
-                          domain=bn, class_names=domain.classes)
-    size = "full size" if args.eval_size is None else "x".join(map(str, args.eval_size))
-    return _print_segmentation(args, sc, len(split), f"input {size}, labels at full size", config)
 
 
 def _class_subset(spec: str | None, names) -> list[str] | None:
@@ -321,32 +335,6 @@ def _class_subset(spec: str | None, names) -> list[str] | None:
         raise DalabError(f"--classes: no class {', '.join(map(repr, unknown)) or repr(spec)} (classes: "
                          f"{', '.join(names)}; or synthia16, synthia13)")
     return chosen
-
-
-def _print_segmentation(args, sc: dict, n: int, resolution, config) -> int:
-    """mIoU, pixel accuracy and the per-class IoU table of a segmentation model's scores ``sc``."""
-    subset = _class_subset(getattr(args, "classes", None), list(sc["per_class_iou"]))
-    if subset is not None:
-        sc = dict(sc)
-        sc["miou"], sc["classes_scored"] = miou_over(sc["per_class_iou"], subset)
-    res = {"checkpoint": str(args.checkpoint), "domain": args.domain, "split": args.split, "miou": sc["miou"],
-           "pixel_acc": sc["pixel_acc"], "per_class_iou": sc["per_class_iou"], "classes_scored": sc["classes_scored"],
-           "n": n, "resolution": resolution, "trained_method": config.get("method")}
-    if subset is not None:
-        res["classes"] = subset
-    if args.json:
-        print_json(res)
-        return 0
-    where = resolution if isinstance(resolution, str) else "labels at " + "x".join(map(str, resolution))
-    which = "classes present" if subset is None else f"of the {len(subset)} classes asked for present"
-    print(f"{args.domain}/{args.split}: mIoU {100 * sc['miou']:.2f}% over the {sc['classes_scored']} {which} "
-          f"in the labels, pixel accuracy {100 * sc['pixel_acc']:.2f}% ({n} images, {where})")
-    print(f"| {'class':14s} | IoU     |")
-    print(f"|{'-' * 16}|---------|")
-    for name, iou in sc["per_class_iou"].items():
-        if iou is not None:
-            print(f"| {name:14s} | {100 * iou:6.2f}% |")
-    return 0
 
 
 def run_quickstart(args) -> int:

@@ -20,14 +20,10 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
 from ..data import load_domain
 from ..errors import DalabError
 from ..methods import uses_target_labels
-from ..models.batchnorm import bn_domain
-from ..models.inference import extract_features, predict_logits
-from ..tasks import evaluate_model, headline
+from ..tasks import get_task, headline
 from ..training import load_model
 from .validators import VALIDATORS, compute_validators
 
@@ -44,20 +40,25 @@ def find_candidates(root: str | Path) -> list[Path]:
     return found
 
 
-def _split_tensors(cache: dict, name: str, split: str, data_dir, limit: int | None, device):
-    key = (name, split)
+STREAMED_LIMIT = 100  # images per split read from files (each is large), unless --limit asks for fewer
+
+
+def _batches(cache: dict, name: str, split: str, data_dir, limit: int | None, device, eval_size=None) -> list:
+    """The (images, labels) batches of a split, read once per selection (cached): a resident split in
+    batches of its task's evaluation size; a split read from files at the run's evaluation size, at most
+    :data:`STREAMED_LIMIT` images."""
+    key = (name, split, tuple(eval_size) if eval_size else None)
     if key not in cache:
-        cache[key] = load_domain(name, data_dir)[split].tensors(device, limit)
+        dom = load_domain(name, data_dir)
+        s = dom[split]
+        if getattr(s, "streamed", False):
+            n = min(limit or STREAMED_LIMIT, STREAMED_LIMIT)
+            cache[key] = list(s.loader(4, False, workers=0, size=eval_size, limit=n))
+        else:
+            x, y = s.tensors(device, limit)
+            bs = get_task(dom.task).eval_batch
+            cache[key] = [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
     return cache[key]
-
-
-@torch.inference_mode()
-def _outputs(model, x: torch.Tensor, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
-    f = extract_features(model, x, domain=domain)
-    model.eval()
-    with bn_domain(model, domain):
-        logits = torch.cat([model.classify(f[i:i + 4096]) for i in range(0, len(f), 4096)])
-    return logits.float(), f
 
 
 def _summary(run_dir: Path) -> dict | None:
@@ -90,11 +91,18 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
     if _used_target_labels(config.get("method"), summary):
         return None
     source, target = config.get("source", "mnist"), config.get("target", "mnistm")
-    if config.get("task") == "segmentation":
-        scores = _segmentation_scores(model, config, validators, cache, data_dir, target_split, limit, device, seed)
-    else:
-        scores = _classification_scores(model, validators, cache, source, target, data_dir, target_split, limit,
-                                        device, seed)
+    task = get_task(config.get("task"))
+    bad = [v for v in validators if v not in task.validators]
+    if bad:
+        raise DalabError(f"validator {bad[0]} is not defined for {task.name} "
+                         f"({task.name}: {', '.join(task.validators)})")
+    eval_size = ((summary or {}).get("config") or {}).get("eval_size")
+    get = (lambda name, split: _batches(cache, name, split, data_dir, limit, device, eval_size))
+    inputs = task.validator_inputs(
+        model, source_val=get(source, "val"), source_train=get(source, "train") if "dev" in validators else [],
+        target=[(x, None) for x, _ in get(target, target_split)],  # the target's labels are dropped here
+        needed=list(validators), num_classes=int(config.get("num_classes", 10)), seed=seed)
+    scores = compute_validators(validators, seed=seed, **inputs)
     row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),
            "source": source, "target": target, "scores": scores}
     if summary is not None:
@@ -102,51 +110,6 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
         row["metric"] = summary.get("metric", "acc")
         row["seed"] = summary.get("seed")
     return row
-
-
-SEGMENTATION_VALIDATORS = ("source-acc", "entropy", "info-max", "bnm", "snd")
-
-
-def _segmentation_scores(model, config, validators, cache, data_dir, target_split, limit, device, seed,
-                         pixels: int = 20000) -> dict:
-    """Validators of a segmentation model: every pixel is a sample. ``source-acc`` is the source val mIoU;
-    entropy, info-max, BNM and SND take the class logits of ``pixels`` target pixels drawn at random
-    (fixed by ``seed``) from the target images' predicted maps, never a target label."""
-    bad = [v for v in validators if v not in SEGMENTATION_VALIDATORS]
-    if bad:
-        raise DalabError(f"validator {bad[0]} is not defined for segmentation "
-                         f"(segmentation: {', '.join(SEGMENTATION_VALIDATORS)})")
-    source, target = config.get("source"), config.get("target")
-    scores = {}
-    if "source-acc" in validators:
-        xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
-        scores["source-acc"] = evaluate_model(model, xsv, ysv, "segmentation", int(config["num_classes"]),
-                                              domain="source")["miou"]
-    rest = [v for v in validators if v != "source-acc"]
-    if rest:
-        xt, _ = _split_tensors(cache, target, target_split, data_dir, limit, device)  # labels dropped
-        g = torch.Generator().manual_seed(seed)
-        per_image = max(1, pixels // max(len(xt), 1))
-        picked = []
-        for i in range(0, len(xt), 256):  # a batch of (B, K, H, W) maps at a time, never all of them
-            lg = predict_logits(model, xt[i:i + 256], batch_size=256, domain="target")
-            flat = lg.permute(0, 2, 3, 1).reshape(len(lg), -1, lg.shape[1])               # (B, HW, K)
-            idx = torch.randint(0, flat.shape[1], (len(lg), per_image), generator=g).to(flat.device)
-            picked.append(torch.gather(flat, 1, idx[..., None].expand(-1, -1, flat.shape[2])).reshape(-1, flat.shape[2]))
-        scores.update(compute_validators(rest, logits_t=torch.cat(picked), seed=seed))
-    return {v: scores[v] for v in validators}
-
-
-def _classification_scores(model, validators, cache, source, target, data_dir, target_split, limit, device,
-                           seed) -> dict:
-    xsv, ysv = _split_tensors(cache, source, "val", data_dir, limit, device)
-    xs, _ = _split_tensors(cache, source, "train", data_dir, limit, device)
-    xt, _ = _split_tensors(cache, target, target_split, data_dir, limit, device)  # labels dropped
-    logits_sv, feats_sv = _outputs(model, xsv, "source")
-    _, feats_s = _outputs(model, xs, "source")
-    logits_t, feats_t = _outputs(model, xt, "target")
-    return compute_validators(validators, logits_t=logits_t, feats_t=feats_t, logits_sv=logits_sv,
-                              y_sv=ysv, feats_sv=feats_sv, feats_s=feats_s, seed=seed)
 
 
 def rank_correlation(a: list[float], b: list[float]) -> float:
@@ -246,9 +209,9 @@ def select_runs(root, validators=VALIDATORS, by_config: bool = False, **kwargs) 
     if bad:
         raise DalabError(f"unknown validator {bad[0]!r} (known: {', '.join(VALIDATORS)})")
     candidates = find_candidates(root)
-    if list(validators) == list(VALIDATORS) and any(
-            (_summary(p.parent) or {}).get("task") == "segmentation" for p in candidates):
-        validators = list(SEGMENTATION_VALIDATORS)  # "all" for segmentation runs: those defined for pixels
+    if list(validators) == list(VALIDATORS):  # "all": those defined for the runs' task (e.g. pixels)
+        tasks = {get_task((_summary(p.parent) or {}).get("task")) for p in candidates}
+        validators = [v for v in VALIDATORS if all(v in t.validators for t in tasks)]
     cache: dict = {}
     rows, skipped = [], []
     for p in candidates:

@@ -137,13 +137,15 @@ def reverse_validation(feats_t: torch.Tensor, logits_t: torch.Tensor, feats_sv: 
     return float((clf.predict(feats_sv.float().cpu().numpy()) == ys).mean())
 
 
-def compute_validators(names, *, logits_t, feats_t=None, logits_sv=None, y_sv=None, feats_sv=None,
-                       feats_s=None, seed: int = 0) -> dict[str, float]:
-    """Scores (higher is better) for each validator in ``names`` from precomputed outputs."""
+def compute_validators(names, *, logits_t=None, feats_t=None, logits_sv=None, y_sv=None, feats_sv=None,
+                       feats_s=None, source_score: float | None = None, seed: int = 0) -> dict[str, float]:
+    """Scores (higher is better) for each validator in ``names`` from precomputed outputs;
+    ``source_score`` (e.g. a segmentation model's source val mIoU) is ``source-acc`` when given."""
     out = {}
     for n in names:
         if n == "source-acc":
-            out[n] = source_accuracy(logits_sv, y_sv)
+            out[n] = (source_accuracy(logits_sv, y_sv) if logits_sv is not None
+                      else float("nan") if source_score is None else source_score)
         elif n == "entropy":
             out[n] = target_entropy(logits_t)
         elif n == "info-max":

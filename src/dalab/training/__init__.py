@@ -2,7 +2,8 @@
 
 from .checkpoint import load_model, save_model
 from .config import TrainConfig
-from .trainer import Trainer, ganin_lr, resolve_device, train
+from .device import resolve_device
+from .trainer import Trainer, ganin_lr, train
 from .in_memory import FitResult, TensorData, fit
 from .tensorboard import TensorBoardLogger
 

@@ -118,10 +118,18 @@ def machine_id(device: torch.device) -> str:
 
 
 def cache_key(device: torch.device, network: dict, method: str, method_args: dict | None, batch: int,
-              channels_last: bool | None) -> str:
+              channels_last: bool | None, input_shape=None) -> str:
+    """What a measured choice depends on: the machine, torch, the network, the method, the batch and the
+    input size (a choice measured on 28x28 digits says nothing about 512x512 crops)."""
     return json.dumps({"machine": machine_id(device), "torch": torch.__version__, "network": network,
                        "method": method, "method_args": method_args or {}, "batch_per_domain": batch,
-                       "channels_last": channels_last}, sort_keys=True)
+                       "channels_last": channels_last, "input": list(input_shape) if input_shape else None},
+                      sort_keys=True)
+
+
+# a measurement trains WARMUP + TIMED steps of every candidate (four on a CPU with bf16): it is made only
+# for a run of at least SHORT_RUN times as many steps, so that it costs a few percent of the run at most
+SHORT_RUN = 10
 
 
 def read_cache(path: Path) -> dict:
@@ -187,9 +195,11 @@ def choose(results: dict[Candidate, dict]) -> tuple[Candidate, str]:
 
 
 def resolve(precision: str, channels_last: bool | None, device: torch.device, *, resume_ck: dict | None,
-            cache_dir: Path | None, key: str, run: Callable[[list[Candidate]], dict], batch: int) -> SpeedChoice:
+            cache_dir: Path | None, key: str, run: Callable[[list[Candidate]], dict], batch: int,
+            total_steps: int | None = None) -> SpeedChoice:
     """The run's :class:`SpeedChoice`: explicit flags, else the resumed checkpoint's record, else the
-    cache, else ``run(candidates)`` (a measurement, see :func:`measure_run`) and :func:`choose`."""
+    cache, else fp32 for a run too short to pay for a measurement (fewer than :data:`SHORT_RUN` times the
+    measurement's steps), else ``run(candidates)`` (a measurement, see :func:`measure_run`) and :func:`choose`."""
     if precision != "auto":
         cl = True if channels_last is None else bool(channels_last)
         return SpeedChoice(precision, cl, f"explicit: --precision {precision}, "
@@ -207,15 +217,23 @@ def resolve(precision: str, channels_last: bool | None, device: torch.device, *,
         note = ("; at resume, the checkpoint does not record the precision it trained with "
                 "(written before dalab recorded this choice)")
     path = Path(cache_dir) / CACHE_FILE if cache_dir is not None else None
+    cost = (WARMUP + TIMED) * len(candidates(device, channels_last))
+    short = total_steps is not None and total_steps < SHORT_RUN * cost
+
+    def unmeasured() -> SpeedChoice:
+        cl = bool(channels_last)
+        return SpeedChoice("fp32", cl, f"fp32 {memory_format_name(cl)}, not measured: the run's {total_steps} steps "
+                                       f"are fewer than {SHORT_RUN} times the {cost} a measurement takes{note}")
+
     if path is None or note:
-        return _measure(run, device, channels_last, batch, note, None, key)
+        return unmeasured() if short else _measure(run, device, channels_last, batch, note, None, key)
     # runs started together (a study's --jobs) measure one at a time, and the later ones read the cache
     with _lock(path):
         cached = read_cache(path).get(key)
         if isinstance(cached, dict) and cached.get("precision") in ("fp32", "bf16"):
             return SpeedChoice(cached["precision"], bool(cached["channels_last"]),
                                f"cached: {cached.get('figures', '')} (measured {cached.get('measured_at', '?')}, {path})")
-        return _measure(run, device, channels_last, batch, note, path, key)
+        return unmeasured() if short else _measure(run, device, channels_last, batch, note, path, key)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ import torch
 
 from ..data.io import atomic_write
 from ..errors import CheckpointError
-from ..models.nets import DANNNet, build_model
+from ..models.registry import build_model
 
 MODEL_FORMAT = "dalab-model-v1"
 CKPT_FORMAT = "dalab-ckpt-v1"
@@ -90,7 +90,7 @@ def save_model(path, model: torch.nn.Module, config: dict) -> None:
     save_atomic({"format": MODEL_FORMAT, "config": dict(config), "state_dict": state}, path)
 
 
-def load_model(path, device="cpu") -> tuple[DANNNet, dict]:
+def load_model(path, device="cpu") -> tuple[torch.nn.Module, dict]:
     """Rebuild the network from ``model.pt`` and load its weights."""
     obj = load_checked(path, MODEL_FORMAT)
     config = obj.get("config") or {}

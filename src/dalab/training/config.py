@@ -6,14 +6,14 @@ import math
 from dataclasses import asdict, dataclass, fields
 
 from ..errors import DalabError
+from ..tasks import TASKS
+from .schedules import SCHEDULES
 from ..models.nets import ARCHS, INPUT_NORMS
 
 DEFAULT_LR = {"sgd": 0.01, "adam": 1e-3}
 # a task's own defaults, where they differ from TrainConfig's (which are the digits'): the CLI and the
-# benchmark suites take them for a segmentation pair unless a flag says otherwise. Segmentation trains
-# SegNet with Adam at 1e-3 (Ganin's annealing) on 16 + 16 scenes per step for 3 epochs: a run of a few
-# minutes on 2 CPU cores (docs/segmentation.md)
-TASK_RECIPES = {"segmentation": {"epochs": 3, "batch_size": 16, "optimizer": "adam"}}
+# benchmark suites take them for a pair of that task unless a flag says otherwise (dalab.tasks)
+TASK_RECIPES = {name: dict(t.recipe) for name, t in TASKS.items() if t.recipe}
 
 
 @dataclass
@@ -29,7 +29,8 @@ class TrainConfig:
     momentum: float = 0.9
     adam_beta1: float = 0.9         # Adam's first-moment decay (Shu et al. 2018 use 0.5)
     weight_decay: float = 0.0
-    lr_schedule: str = "ganin"      # ganin: lr0 / (1 + 10 p)^0.75 ; constant
+    lr_schedule: str = "ganin"      # ganin: lr0 / (1 + 10 p)^0.75 ; inv: lr0 (1 + 0.001 step)^-0.75 ; constant
+    warmup: float = 0.0             # linear learning-rate warm-up over this fraction of the run (0: none)
     lambda_max: float = 1.0
     lambda_schedule: str = "ganin"  # ganin ramp with gamma, or constant
     gamma: float = 10.0
@@ -96,8 +97,10 @@ class TrainConfig:
             bad(f"--lr must be a finite number > 0, got {self.lr}")
         if self.optimizer not in DEFAULT_LR:
             bad(f"unknown optimizer {self.optimizer!r} (sgd, adam)")
-        if self.lr_schedule not in ("ganin", "constant"):
-            bad(f"unknown lr schedule {self.lr_schedule!r} (ganin, constant)")
+        if self.lr_schedule not in SCHEDULES:
+            bad(f"unknown lr schedule {self.lr_schedule!r} ({', '.join(SCHEDULES)})")
+        if not (isinstance(self.warmup, (int, float)) and math.isfinite(self.warmup) and 0.0 <= self.warmup < 1.0):
+            bad(f"--warmup must be a fraction of the run in [0, 1), got {self.warmup!r}")
         if self.lambda_schedule not in ("ganin", "constant"):
             bad(f"unknown lambda schedule {self.lambda_schedule!r} (ganin, constant)")
         if not (math.isfinite(self.ema_decay) and 0.0 <= self.ema_decay < 1.0):

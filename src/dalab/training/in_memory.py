@@ -24,11 +24,18 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..data.domains import Domain
+from ..data.base import Domain
 from ..errors import DalabError
+from ..tasks import task_of_labels
 from ..methods import Method, make_method
 from .config import TrainConfig
 from .trainer import Trainer
+
+def _labels(name: str, y) -> torch.Tensor:
+    """Class indices (N,) or label maps (N, H, W), checked by the task they belong to."""
+    y = torch.as_tensor(y)
+    return task_of_labels(y).check_labels(y, name)
+
 
 def _pair(name: str, pair) -> tuple[torch.Tensor, torch.Tensor] | None:
     if pair is None:
@@ -41,14 +48,6 @@ def _pair(name: str, pair) -> tuple[torch.Tensor, torch.Tensor] | None:
     if len(x) != len(y):
         raise DalabError(f"{name}: {len(x)} images but {len(y)} labels")
     return x, _labels(name, y)
-
-
-def _labels(name: str, y) -> torch.Tensor:
-    y = torch.as_tensor(y)
-    if y.ndim != 1 or y.is_floating_point() or y.is_complex():
-        raise DalabError(f"{name}: labels must be a 1-d integer tensor of class indices, got "
-                         f"{tuple(y.shape)} {y.dtype}")
-    return y.long()
 
 
 @dataclass
@@ -90,30 +89,46 @@ class TensorData:
         self.source_val = _pair("source_val", self.source_val)
         self.source_test = _pair("source_test", self.source_test)
         self.target_test = _pair("target_test", self.target_test)
-        if self.num_classes is None:
-            self.num_classes = int(self.ys.max()) + 1
+        if self.num_classes is None:  # the largest label + 1 (a label map's ignore value 255 is not a class)
+            known = self.ys[self.ys != 255] if self.task.dense else self.ys
+            self.num_classes = int(known.max()) + 1 if known.numel() else 1
 
-    def trainer_data(self, device: torch.device, method: Method) -> dict:
-        """The dict :class:`Trainer` trains from (the same keys its domain loader fills)."""
+    @property
+    def task(self):
+        """The task of the labels: classification for (N,) class indices, segmentation for (N, H, W) maps."""
+        return task_of_labels(self.ys)
+
+    def source(self, device: torch.device, method: Method, cfg, dist):
+        """The :class:`~dalab.training.sources.ResidentSource` the trainer trains from."""
+        from .sources import ResidentSource
+
         if method.uses_target and (self.xt is None or len(self.xt) == 0):
             raise DalabError(f"method {method.name!r} needs unlabelled target images: pass xt")
         if method.uses_target_labels and self.yt is None:
             raise DalabError(f"method {method.name!r} is the oracle: it needs target labels yt")
         if self.yt is not None and self.xt is not None and len(self.yt) != len(self.xt):
             raise DalabError(f"xt has {len(self.xt)} images but yt has {len(self.yt)} labels")
+        task = self.task
+        if task.name not in method.tasks:
+            raise DalabError(f"method {method.name!r} does not handle {task.name} (the labels are "
+                             f"{'maps' if task.dense else 'class indices'})")
         nk = self.num_classes
-        src = Domain(self.source_name, f"{self.source_name}: {len(self.xs)} in-memory images", {}, nk)
+        src = Domain(self.source_name, f"{self.source_name}: {len(self.xs)} in-memory images", {}, nk, task=task.name)
         n_t = 0 if self.xt is None else len(self.xt)
-        tgt = Domain(self.target_name, f"{self.target_name}: {n_t} in-memory images", {}, nk)
+        tgt = Domain(self.target_name, f"{self.target_name}: {n_t} in-memory images", {}, nk, task=task.name)
         to = (lambda p: None if p is None else (p[0].to(device), p[1].to(device)))
-        d = {"src": src, "tgt": tgt, "xs": self.xs.to(device), "ys": self.ys.to(device),
-             "src_val": to(self.source_val), "src_test": to(self.source_test), "tgt_test": to(self.target_test)}
+        xt = yt = None
         if method.uses_target:
-            d["xt"] = self.xt.to(device)
-            # the trainer reads yt_train only for methods with uses_target_labels (the oracle)
-            d["yt_train"] = (self.yt.to(device) if self.yt is not None
-                             else torch.full((len(self.xt),), -1, dtype=torch.long, device=device))
-        return d
+            xt = self.xt.to(device)
+            # read only by methods with uses_target_labels (the oracle)
+            yt = (self.yt.to(device) if self.yt is not None
+                  else torch.full((len(self.xt),), -1, dtype=torch.long, device=device))
+        return ResidentSource(src, tgt, {"target_scored_split": "test"}, xs=self.xs.to(device), ys=self.ys.to(device),
+                              xt=xt, yt_train=yt, evals={"source_val": to(self.source_val),
+                                                         "source_test": to(self.source_test),
+                                                         "target_test": to(self.target_test)},
+                              batch=cfg.batch_size, rank=dist.rank, world_size=dist.world_size, seed=cfg.seed,
+                              uses_target_labels=method.uses_target_labels, eval_batch=task.eval_batch)
 
 
 def fit(model: nn.Module | None, method: Method | str, xs, ys, xt=None, *, yt=None,
