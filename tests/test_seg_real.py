@@ -652,3 +652,36 @@ def test_trainer_streams_synthia_to_cityscapes(synthia, cityscapes, tmp_path, ca
     assert "over the 2 of the 2 classes asked for present" in capsys.readouterr().out
     assert main(args + ["--classes", "car,lamppost"]) == 2
     assert "--classes: no class 'lamppost'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the Cityscapes label table
+# (id, name, train id, colour) of every label id, as cityscapesScripts' cityscapesscripts/helpers/labels.py
+# lists them; 'license plate' (id -1, train id -1) has no id in label images ("ignored when creating
+# ground truth images"), so a uint8 label PNG never holds it and the table here stops at 33.
+OFFICIAL = [
+    (0, "unlabeled", 255, (0, 0, 0)), (1, "ego vehicle", 255, (0, 0, 0)),
+    (2, "rectification border", 255, (0, 0, 0)), (3, "out of roi", 255, (0, 0, 0)), (4, "static", 255, (0, 0, 0)),
+    (5, "dynamic", 255, (111, 74, 0)), (6, "ground", 255, (81, 0, 81)), (7, "road", 0, (128, 64, 128)),
+    (8, "sidewalk", 1, (244, 35, 232)), (9, "parking", 255, (250, 170, 160)), (10, "rail track", 255, (230, 150, 140)),
+    (11, "building", 2, (70, 70, 70)), (12, "wall", 3, (102, 102, 156)), (13, "fence", 4, (190, 153, 153)),
+    (14, "guard rail", 255, (180, 165, 180)), (15, "bridge", 255, (150, 100, 100)),
+    (16, "tunnel", 255, (150, 120, 90)), (17, "pole", 5, (153, 153, 153)), (18, "polegroup", 255, (153, 153, 153)),
+    (19, "traffic light", 6, (250, 170, 30)), (20, "traffic sign", 7, (220, 220, 0)),
+    (21, "vegetation", 8, (107, 142, 35)), (22, "terrain", 9, (152, 251, 152)), (23, "sky", 10, (70, 130, 180)),
+    (24, "person", 11, (220, 20, 60)), (25, "rider", 12, (255, 0, 0)), (26, "car", 13, (0, 0, 142)),
+    (27, "truck", 14, (0, 0, 70)), (28, "bus", 15, (0, 60, 100)), (29, "caravan", 255, (0, 0, 90)),
+    (30, "trailer", 255, (0, 0, 110)), (31, "train", 16, (0, 80, 100)), (32, "motorcycle", 17, (0, 0, 230)),
+    (33, "bicycle", 18, (119, 11, 32)),
+]
+
+
+def test_the_whole_cityscapes_label_table_is_pinned():
+    from dalab.data.cityscapes_labels import KNOWN_IDS, NUM_CLASSES, TRAIN_COLOURS, TRAIN_ID
+
+    assert [tuple(row) for row in LABELS] == OFFICIAL                # all 34 ids, in order
+    assert KNOWN_IDS == frozenset(range(34)) and -1 not in KNOWN_IDS
+    assert ID_TO_TRAIN_ID.tolist() == [t for _, _, t, _ in OFFICIAL] + [IGNORE] * (256 - 34)
+    trained = sorted((t, n, c) for _, n, t, c in OFFICIAL if t != 255)
+    assert NUM_CLASSES == 19 and [t for t, _, _ in trained] == list(range(19))
+    assert TRAIN_NAMES == tuple(n for _, n, _ in trained) and TRAIN_ID == {n: t for t, n, _ in trained}
+    assert TRAIN_COLOURS.tolist() == [list(c) for _, _, c in trained]
