@@ -223,6 +223,10 @@ def test_cityscapes_train_needs_no_labels(real_trees):
     assert tuple(x.shape) == (2, 3, 256, 512) and y.dtype == torch.uint8 and tuple(y.shape) == (2, 0, 0)
     e = pytest.raises(DataError, train.loader, 2, True, workers=0, crop=(256, 512), labels=True)
     assert "an unlabelled split (no label files)" in one_line(e) and "cityscapes:" in str(e.value)
+    e = pytest.raises(DataError, train.loader, 2, False, workers=0)  # scoring needs labels: asked by default
+    assert "cannot be scored" in one_line(e)
+    x, y = next(iter(train.loader(2, False, workers=0, labels=False)))   # its images alone, e.g. for selection
+    assert tuple(x.shape) == (2, 3, 512, 1024) and tuple(y.shape) == (2, 0, 0)
     x, y = next(iter(val.loader(2, False, workers=0)))               # scored at 1024x2048 from a 512x1024 input
     assert tuple(x.shape) == (2, 3, 512, 1024) and tuple(y.shape) == (2, *CITYSCAPES_HW)
     assert np.array_equal(y[0].numpy(), expected_train_ids(*CITYSCAPES_HW, marker(x[0])))

@@ -80,11 +80,13 @@ cheaper but not the papers' protocol. Evaluation batches are grouped by (input s
 size) (:class:`~dalab.data.streaming.SizeGroupedBatches`), so a split that mixes resolutions,
 as GTA5 copies do, is scored at every label's own full resolution.
 
-**Labels only where needed.** ``labels=False`` (the default for an unlabelled split) never
-opens a label file: each item's label is an empty (0, 0) uint8 tensor, so a batch's label is an
-empty (B, 0, 0) tensor (it collates, costs nothing, and cannot be mistaken for a label map). A
-split without labels refuses ``labels=True`` with a one-line DataError. The adaptation target's
-training images need no labels: only the oracle (target-only) and scoring read them.
+**Labels only where needed.** ``labels=False`` never opens a label file: each item's label is
+an empty (0, 0) uint8 tensor, so a batch's label is an empty (B, 0, 0) tensor (it collates, costs
+nothing, and cannot be mistaken for a label map); the images are exactly those read with labels.
+A split without labels refuses ``labels=True`` with a one-line DataError. ``labels=None`` (the
+default) means True for evaluation and, for training, whether the split has labels. The
+adaptation target's training images need no labels: only the oracle (target-only) and scoring
+read them.
 
 Label ids are mapped to train ids 0..18 through
 :data:`~dalab.data.cityscapes_labels.ID_TO_TRAIN_ID`; every other id of the table
@@ -781,12 +783,12 @@ class StreamSplit(FileSplit):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _labels(self, labels: bool | None) -> bool:
-        if labels is None:
-            return self.labelled
+    def _labels(self, labels: bool | None, train: bool) -> bool:
+        if labels is None:  # scoring needs labels; training reads them where there are some
+            labels = self.labelled if train else True
         if labels and not self.labelled:
-            raise DataError(f"{self.name}: an unlabelled split (no label files), so it cannot be read with "
-                            "labels=True; its labels are needed only to train the oracle and to score")
+            raise DataError(f"{self.name}: an unlabelled split (no label files), so it cannot be scored or train "
+                            "the oracle; read its images alone with labels=False")
         return bool(labels)
 
     def dataset(self, train: bool, crop=None, scale=(0.5, 1.5), flip: bool = True, size="base", seed: int = 0,
@@ -794,10 +796,12 @@ class StreamSplit(FileSplit):
         """The :class:`SegFiles` over this split (its first ``limit`` pairs when given).
 
         ``size``: "base" (the default: :attr:`base_size`), None or "native" (each file's size),
-        or (H, W); ``labels``: None (the default) reads labels when the split has them."""
+        or (H, W); ``labels``: True (read them; a DataError for a split without labels), False
+        (never open a label file; each label is an empty (0, 0) tensor) or None (the default:
+        for training, whether the split has labels; for evaluation, True)."""
         n = len(self.pairs) if limit is None else max(int(limit), 0)
         return SegFiles(self.pairs[:n], train, crop=crop, scale=scale, flip=flip, size=_size(size, self.base_size),
-                        seed=seed, score_at=score_at, label_format=self.label_format, labels=self._labels(labels),
+                        seed=seed, score_at=score_at, label_format=self.label_format, labels=self._labels(labels, train),
                         sizes=None if self.sizes is None else self.sizes[:n])
 
     def batch_keys(self, data: SegFiles) -> list:
