@@ -457,6 +457,20 @@ def test_size_mismatches_are_found_from_the_headers(gta5):
     assert size_mismatches(pairs) == [(pairs[4][0], pairs[4][1], (96, 48), (80, 40))]
 
 
+def test_the_check_shows_progress_on_stderr_and_needs_no_cache(gta5, capsys):
+    pairs = gta5_pairs(gta5)
+    _, ids = scene(46, 96, 1)                                        # 2 rows short
+    save_palette_label(ids, pairs[0][1])
+    c = check_pairs(pairs, progress=True, name="gta5 copy")
+    err = capsys.readouterr().err
+    assert "checking gta5 copy" in err and "/24" in err              # 12 images and 12 labels
+    assert c.opened == 24 and c.counts() == {"pairs": 12, "labels_resized": 1, "unpaired_skipped": 0,
+                                             "unreadable_skipped": 0}
+    assert c.resized == [(pairs[0][0], pairs[0][1], (48, 96), (46, 96))] and c.image_sizes[6] == (40, 88)
+    check_pairs(pairs, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_data_list_names_the_segmentation_domains(tmp_path, capsys):
     assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -430,7 +430,7 @@ def check_pairs(pairs, root=None, unpaired=(), name: str = "", cache_dir=None, p
         bar = tqdm(total=len(to_open), desc=f"checking {name or 'files'}", unit="file", file=sys.stderr,
                    disable=None if progress is None else not progress, mininterval=0.5, leave=False)
         with ThreadPoolExecutor(min(CHECK_THREADS, len(to_open))) as ex:
-            for f, h in zip(to_open, ex.map(_header, to_open, chunksize=64)):
+            for f, h in zip(to_open, ex.map(_header, to_open)):
                 headers[f] = h
                 bar.update()
         bar.close()
@@ -801,8 +801,8 @@ class StreamSplit(FileSplit):
         for training, whether the split has labels; for evaluation, True)."""
         n = len(self.pairs) if limit is None else max(int(limit), 0)
         return SegFiles(self.pairs[:n], train, crop=crop, scale=scale, flip=flip, size=_size(size, self.base_size),
-                        seed=seed, score_at=score_at, label_format=self.label_format, labels=self._labels(labels, train),
-                        sizes=None if self.sizes is None else self.sizes[:n])
+                        seed=seed, score_at=score_at, label_format=self.label_format,
+                        labels=self._labels(labels, train), sizes=None if self.sizes is None else self.sizes[:n])
 
     def batch_keys(self, data: SegFiles) -> list:
         return [data.batch_key(i) for i in range(len(data))]
