@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -469,6 +470,12 @@ def test_the_check_shows_progress_on_stderr_and_needs_no_cache(gta5, capsys):
     assert c.resized == [(pairs[0][0], pairs[0][1], (48, 96), (46, 96))] and c.image_sizes[6] == (40, 88)
     check_pairs(pairs, progress=False)
     assert capsys.readouterr().err == ""
+    load_domain(f"gta5:{gta5}", progress=False)                     # a domain checks its files when loaded
+    assert capsys.readouterr().err == ""
+    touched = gta5 / "labels" / "00002.png"                          # one file to read again: a bar for it
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    assert load_domain(f"gta5:{gta5}", progress=True).pair_check.opened == 1
+    assert f"checking gta5:{gta5}" in capsys.readouterr().err
 
 
 def test_data_list_names_the_segmentation_domains(tmp_path, capsys):

@@ -159,12 +159,14 @@ register(DomainSpec("mnistm-real", "the real MNIST-M, imported with `dalab data 
                     _load_mnistm_real, None, REAL_CACHE_NAME))
 
 
-def load_domain(name: str, root=None) -> Domain:
+def load_domain(name: str, root=None, progress: bool | None = None) -> Domain:
     """Load a registered domain from the cache folder (``dalab data prepare`` builds it).
 
     Three prefixes name data by path instead: ``folder:PATH`` (any image folder, see
     ``data/folder.py``), ``gta5:PATH``, ``cityscapes:PATH`` and ``synthia:PATH`` (the real
-    segmentation datasets, streamed from their files, see ``data/seg_real.py``).
+    segmentation datasets, streamed from their files, see ``data/seg_real.py``; every file's
+    header is checked first, with a progress bar on stderr: ``progress`` None shows it when
+    stderr is a terminal, False never).
     """
     root = data_dir(root)
     if name.startswith("folder:"):  # any image folder, see data/folder.py (cached by path + mtimes)
@@ -174,7 +176,7 @@ def load_domain(name: str, root=None) -> Domain:
     if name.startswith(tuple(f"{k}:" for k in SEG_DATASETS)):  # read from the dataset's own files
         from .seg_real import load_seg_domain
 
-        return load_seg_domain(name, cache_dir=root)  # the check of the files' headers is cached here
+        return load_seg_domain(name, cache_dir=root, progress=progress)  # the header check is cached in root
     if name not in REGISTRY:
         raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, "
                         "or folder:PATH, gta5:PATH, cityscapes:PATH, synthia:PATH)")
