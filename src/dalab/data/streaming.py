@@ -251,7 +251,8 @@ class FileSplit:
     streamed = True
     name: str = "split"
     labelled: bool = True
-    #: how a list of items becomes a batch (``None``: torch's default collate)
+    #: how a list of items becomes a batch (``None``: torch's default collate); set it in a subclass as
+    #: ``collate_fn = staticmethod(fn)``
     collate_fn: Callable | None = None
 
     def __len__(self) -> int:
