@@ -68,3 +68,12 @@ def tiny_scenes(tmp_path_factory):
     """Tiny digit caches and tiny street-scene caches in one data folder."""
     root = write_tiny_caches(tmp_path_factory.mktemp("tinyscenes"), n_train=128, n_val=32, n_test=32)
     return write_tiny_scenes(root)
+
+
+@pytest.fixture(scope="session")
+def real_trees(tmp_path_factory):
+    """GTA5, Cityscapes and SYNTHIA trees in their real layouts at their real sizes, with the real copies'
+    flaws (see tests/realdata.py). Shared by the session: copy a tree before damaging it."""
+    from realdata import write_real_trees
+
+    return write_real_trees(tmp_path_factory.mktemp("realdata"))

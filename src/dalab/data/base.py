@@ -80,6 +80,12 @@ class Domain:
     num_classes: int = 10
     classes: tuple[str, ...] | None = None  # class names; None = the digits 0..9 (label = digit)
     task: str = "classification"  # or "segmentation": labels are (N, H, W) uint8 maps (see dalab.tasks)
+    #: (H, W) the images are resized to before augmentation and for evaluation by default (a dataset's base
+    #: size, e.g. GTA5 720x1280, see data/seg_real.py); None: as stored (every in-memory domain)
+    image_size: tuple[int, int] | None = None
+    #: the check of every file read from disk (a ``seg_real.PairCheck``: usable pairs, resized labels,
+    #: skipped files); None for in-memory domains
+    pair_check: object | None = None
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:

@@ -49,22 +49,24 @@ register(DomainSpec("mnistm-real", "the real MNIST-M, imported with `dalab data 
 from . import more_domains  # noqa: E402,F401  (registers syndigits, uci-digits, svhn, usps, the scenes)
 
 
-def load_domain(name: str, root=None) -> Domain:
+def load_domain(name: str, root=None, progress: bool | None = None) -> Domain:
     """Load a registered domain from the cache folder (``dalab data prepare`` builds it).
 
     Three prefixes name data by path instead: ``folder:PATH`` (any image folder, see
     ``data/folder.py``), ``gta5:PATH``, ``cityscapes:PATH`` and ``synthia:PATH`` (the real
-    segmentation datasets, streamed from their files, see ``data/seg_real.py``).
+    segmentation datasets, streamed from their files, see ``data/seg_real.py``; every file's
+    header is checked first, with a progress bar on stderr: ``progress`` None shows it when
+    stderr is a terminal, False never).
     """
     root = data_dir(root)
     if name.startswith("folder:"):  # any image folder, see data/folder.py (cached by path + mtimes)
         from .folder import load_folder_domain
 
         return load_folder_domain(name, root)
-    if name.startswith(tuple(f"{k}:" for k in SEG_DATASETS)):  # read from the dataset's own files, nothing cached
+    if name.startswith(tuple(f"{k}:" for k in SEG_DATASETS)):  # read from the dataset's own files
         from .seg_real import load_seg_domain
 
-        return load_seg_domain(name)
+        return load_seg_domain(name, cache_dir=root, progress=progress)  # the header check is cached in root
     if name not in REGISTRY:
         raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, "
                         "or folder:PATH, gta5:PATH, cityscapes:PATH, synthia:PATH)")
