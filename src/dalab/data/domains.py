@@ -83,6 +83,9 @@ class Domain:
     num_classes: int = 10
     classes: tuple[str, ...] | None = None  # class names; None = the digits 0..9 (label = digit)
     task: str = "classification"  # or "segmentation": labels are (N, H, W) uint8 maps (see dalab.tasks)
+    protocol: str = ""  # one line: which images train and which are scored (benchmarks read from files)
+    #: (file, one-line reason) of files left out because they cannot be read (see dalab.data.photos)
+    skipped: list = field(default_factory=list)
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
@@ -104,12 +107,32 @@ REGISTRY: dict[str, DomainSpec] = {}
 SEG_DATASETS = ("gta5", "cityscapes", "synthia")  # KIND:PATH names of segmentation datasets read from files
 
 
+@dataclass
+class PrefixSpec:
+    """Data named by path, ``KIND:PATH``: ``load(name, data_root, **options)`` returns its Domain."""
+
+    kind: str
+    summary: str
+    load: Callable[..., Domain]
+    task: str = "classification"
+
+
+PREFIXES: dict[str, PrefixSpec] = {}
+
+
+def register_prefix(spec: PrefixSpec) -> PrefixSpec:
+    """Add (or replace) a ``KIND:PATH`` prefix, so ``load_domain("KIND:PATH")`` calls ``spec.load``."""
+    PREFIXES[spec.kind] = spec
+    return spec
+
+
 def domain_task(name: str) -> str:
-    """The task of a domain name without loading it: a registered domain's, segmentation for
-    ``gta5:PATH`` / ``cityscapes:PATH`` / ``synthia:PATH``, classification for ``folder:PATH`` (and
-    unknown names)."""
-    if name.split(":", 1)[0] in SEG_DATASETS and ":" in name:
-        return "segmentation"
+    """The task of a domain name without loading it: a registered domain's or ``KIND:PATH`` prefix's
+    (segmentation for ``gta5:PATH`` / ``cityscapes:PATH`` / ``synthia:PATH``), classification for
+    unknown names."""
+    kind, sep, _ = name.partition(":")
+    if sep and kind in PREFIXES:
+        return PREFIXES[kind].task
     spec = REGISTRY.get(name)
     return spec.task if spec is not None else "classification"
 
@@ -153,26 +176,37 @@ register(DomainSpec("mnistm-real", "the real MNIST-M, imported with `dalab data 
                     _load_mnistm_real, None, REAL_CACHE_NAME))
 
 
-def load_domain(name: str, root=None) -> Domain:
+def load_domain(name: str, root=None, **options) -> Domain:
     """Load a registered domain from the cache folder (``dalab data prepare`` builds it).
 
-    Three prefixes name data by path instead: ``folder:PATH`` (any image folder, see
-    ``data/folder.py``), ``gta5:PATH``, ``cityscapes:PATH`` and ``synthia:PATH`` (the real
-    segmentation datasets, streamed from their files, see ``data/seg_real.py``).
+    ``KIND:PATH`` names data by path instead (:data:`PREFIXES`): ``folder:PATH`` (any image
+    folder, see ``data/folder.py`` and ``data/photos.py``), ``gta5:PATH``, ``cityscapes:PATH`` and
+    ``synthia:PATH`` (the real segmentation datasets, streamed from their files, see
+    ``data/seg_real.py``), and the photo benchmarks ``office31:PATH``, ``officehome:PATH``,
+    ``visda:PATH``, ``domainnet:PATH`` and ``imagelist:LIST`` (see ``data/photo_layouts.py``).
+    ``options`` go to a prefix's loader (the photo loaders take ``strict``, ``progress`` and, for
+    ``folder:``, ``image_size``); registered domains take none.
     """
     root = data_dir(root)
-    if name.startswith("folder:"):  # any image folder, see data/folder.py (cached by path + mtimes)
-        from .folder import load_folder_domain
-
-        return load_folder_domain(name, root)
-    if name.startswith(tuple(f"{k}:" for k in SEG_DATASETS)):  # read from the dataset's own files, nothing cached
-        from .seg_real import load_seg_domain
-
-        return load_seg_domain(name)
+    kind, sep, _ = name.partition(":")
+    if sep and kind in PREFIXES:
+        return PREFIXES[kind].load(name, root, **options)
     if name not in REGISTRY:
         raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, "
-                        "or folder:PATH, gta5:PATH, cityscapes:PATH, synthia:PATH)")
+                        f"or {', '.join(k + ':PATH' for k in PREFIXES)})")
     return REGISTRY[name].load(root)
+
+
+def _load_seg(name: str, root: Path, **options) -> Domain:
+    from .seg_real import load_seg_domain  # read from the dataset's own files, nothing cached
+
+    return load_seg_domain(name)
+
+
+for _kind, _what in (("gta5", "GTA5 (Playing for Data) images/ + labels/"),
+                     ("cityscapes", "Cityscapes leftImg8bit/ + gtFine/"),
+                     ("synthia", "SYNTHIA-RAND-CITYSCAPES RGB/ + GT/LABELS/")):
+    register_prefix(PrefixSpec(_kind, f"{_what}, streamed from its files", _load_seg, task="segmentation"))
 
 
 def __getattr__(name: str):
