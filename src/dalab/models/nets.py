@@ -252,6 +252,10 @@ RETIRED_ARCHS = {"conv9": "a conv9 network of dalab 0.3.0 (cut after pooling, no
 def build_model(config: dict) -> nn.Module:
     """Rebuild a model from the plain config stored in checkpoints."""
     name = str(config.get("arch", "ganin-mnist"))
+    if name == "photonet":  # a torchvision or timm backbone with the fine-tuning head (models/backbones.py)
+        from .backbones import PhotoNet
+
+        return PhotoNet.from_config(config)
     if name in RETIRED_ARCHS:
         raise ValueError(RETIRED_ARCHS[name])
     arch = ARCH_OF_CHECKPOINT.get(name)
