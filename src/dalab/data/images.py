@@ -123,7 +123,10 @@ def to_rgb(img, path=None):
     try:
         bits = _declared_bits(img) if img.mode == "I" else None  # from the header, before decoding
         img.load()
-        img = ImageOps.exif_transpose(img)
+        try:
+            img = ImageOps.exif_transpose(img)
+        except (*_PIL_ERRORS,):  # a malformed EXIF block: the pixels are fine, keep them as stored
+            pass
         if img.mode == "RGB":
             return img
         if img.mode in _U16_MODES or img.mode in ("I", "F"):

@@ -5,22 +5,17 @@ converted, copied or downloaded) into a :class:`PhotoIndex`: the (file, label) i
 split, the class names and a one-line protocol for run summaries. Reading the pixels is
 :mod:`dalab.data.photos`' job; this module imports neither torch nor PIL.
 
-=========================================  ===================================================
-name                                       layout
-=========================================  ===================================================
-``office31:/data/office31/amazon``         ``amazon/images/<class>/*.jpg`` (also ``dslr``,
-                                           ``webcam``)
-``officehome:/data/OfficeHome/Art``        ``Art/<class>/*.jpg`` (also ``Clipart``,
-                                           ``Product``, ``Real_World``)
-``visda:/data/visda/train``                ``train/image_list.txt`` + ``train/<class>/...``
-                                           (synthetic renderings; ``validation``: real photos)
-``domainnet:/data/domainnet/clipart``      ``clipart/<class>/*.jpg`` with
-                                           ``domainnet/clipart_train.txt`` and
-                                           ``domainnet/clipart_test.txt``
-``imagelist:/data/x/list.txt``             one list: every listed image trains and is scored
-``imagelist:/data/x/train.txt,test.txt``   two lists (the second a path, or a name beside the
-                                           first): the first trains, the second is scored
-=========================================  ===================================================
+- ``office31:/data/office31/amazon`` (also ``dslr``, ``webcam``): ``amazon/images/<class>/*.jpg``;
+- ``officehome:/data/OfficeHome/Art`` (also ``Clipart``, ``Product``, ``Real_World``): ``Art/<class>/*.jpg``;
+- ``visda:/data/visda/train`` (synthetic renderings) and ``visda:/data/visda/validation`` (real photos):
+  ``train/image_list.txt`` + ``train/<class>/...``;
+- ``domainnet:/data/domainnet/clipart`` (also ``infograph``, ``painting``, ``quickdraw``, ``real``,
+  ``sketch``): ``clipart/<class>/*.jpg`` with ``domainnet/clipart_train.txt`` and
+  ``domainnet/clipart_test.txt`` beside the folder;
+- ``imagelist:/data/x/list.txt``: one list, every listed image trains and is scored;
+  ``imagelist:/data/x/train.txt,test.txt``: two lists (the second a path, or a name beside the
+  first), the first trains and the second is scored;
+- ``folder:PATH``: your own image folder in one of ``data/folder.py``'s three layouts.
 
 Image lists (VisDA's ``image_list.txt``, DomainNet's ``<domain>_train.txt`` /
 ``<domain>_test.txt``, TLlib's ``image_list/*.txt``) hold one ``relative/path label`` per line
@@ -46,7 +41,7 @@ Protocols (each benchmark's usual one, written into :attr:`PhotoIndex.protocol`)
   trains unlabelled and is scored: its ``train`` and ``test`` splits both hold every listed image.
 - DomainNet (Peng et al. 2019): ``train`` is the domain's training list, ``test`` its test
   list; the target trains (unlabelled) on its training list and is scored on its test list.
-- ``imagelist:``: as stated in the table above.
+- ``imagelist:``: as stated in the list above.
 
 Errors, each one line naming the file or folder: a layout that is not the expected one, an
 empty class folder, a list line that is not ``path label``, a listed file that does not
