@@ -86,6 +86,10 @@ class Domain:
     #: the check of every file read from disk (a ``seg_real.PairCheck``: usable pairs, resized labels,
     #: skipped files); None for in-memory domains
     pair_check: object | None = None
+    #: one line: which images train and which are scored (the photo benchmarks read from files)
+    protocol: str = ""
+    #: (file, one-line reason) of files left out because they cannot be read (see dalab.data.photos)
+    skipped: list = field(default_factory=list)
 
     def __getitem__(self, split: str) -> Split:
         if split not in self.splits:
@@ -107,12 +111,32 @@ REGISTRY: dict[str, DomainSpec] = {}
 SEG_DATASETS = ("gta5", "cityscapes", "synthia")  # KIND:PATH names of segmentation datasets read from files
 
 
+@dataclass
+class PrefixSpec:
+    """Data named by path, ``KIND:PATH``: ``load(name, data_root, **options)`` returns its Domain."""
+
+    kind: str
+    summary: str
+    load: Callable[..., "Domain"]
+    task: str = "classification"
+
+
+PREFIXES: dict[str, PrefixSpec] = {}
+
+
+def register_prefix(spec: PrefixSpec) -> PrefixSpec:
+    """Add (or replace) a ``KIND:PATH`` prefix, so ``load_domain("KIND:PATH")`` calls ``spec.load``."""
+    PREFIXES[spec.kind] = spec
+    return spec
+
+
 def domain_task(name: str) -> str:
-    """The task of a domain name without loading it: a registered domain's, segmentation for
-    ``gta5:PATH`` / ``cityscapes:PATH`` / ``synthia:PATH``, classification for ``folder:PATH`` (and
-    unknown names)."""
-    if name.split(":", 1)[0] in SEG_DATASETS and ":" in name:
-        return "segmentation"
+    """The task of a domain name without loading it: a registered domain's or ``KIND:PATH`` prefix's
+    (segmentation for ``gta5:PATH`` / ``cityscapes:PATH`` / ``synthia:PATH``), classification for
+    unknown names."""
+    kind, sep, _ = name.partition(":")
+    if sep and kind in PREFIXES:
+        return PREFIXES[kind].task
     spec = REGISTRY.get(name)
     return spec.task if spec is not None else "classification"
 

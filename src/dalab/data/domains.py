@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .base import (REGISTRY, SEG_DATASETS, SPLIT_NAMES, Domain, DomainSpec, Split, domain_task,  # noqa: F401
-                   from_arrays, register)
+from .base import (PREFIXES, REGISTRY, SEG_DATASETS, SPLIT_NAMES, Domain, DomainSpec, PrefixSpec,  # noqa: F401
+                   Split, domain_task, from_arrays, register, register_prefix)
 from .mnist import load_mnist_arrays, load_npz_checked, prepare_mnist
 from .mnistm import CACHE_NAME as MNISTM_CACHE
 from .mnistm import REAL_CACHE_NAME, REAL_IMPORT_VERSION, prepare_mnistm
@@ -48,29 +48,39 @@ register(DomainSpec("mnistm-real", "the real MNIST-M, imported with `dalab data 
 
 from . import more_domains  # noqa: E402,F401  (registers syndigits, uci-digits, svhn, usps, the scenes)
 
-
-def load_domain(name: str, root=None, progress: bool | None = None) -> Domain:
+def load_domain(name: str, root=None, **options) -> Domain:
     """Load a registered domain from the cache folder (``dalab data prepare`` builds it).
 
-    Three prefixes name data by path instead: ``folder:PATH`` (any image folder, see
-    ``data/folder.py``), ``gta5:PATH``, ``cityscapes:PATH`` and ``synthia:PATH`` (the real
-    segmentation datasets, streamed from their files, see ``data/seg_real.py``; every file's
-    header is checked first, with a progress bar on stderr: ``progress`` None shows it when
-    stderr is a terminal, False never).
+    ``KIND:PATH`` names data by path instead (:data:`PREFIXES`): ``folder:PATH`` (any image
+    folder, see ``data/folder.py`` and ``data/photos.py``), ``gta5:PATH``, ``cityscapes:PATH`` and
+    ``synthia:PATH`` (the real segmentation datasets, streamed from their files, see
+    ``data/seg_real.py``), and the photo benchmarks ``office31:PATH``, ``officehome:PATH``,
+    ``visda:PATH``, ``domainnet:PATH`` and ``imagelist:LIST`` (see ``data/photo_layouts.py``).
+    ``options`` go to a prefix's loader (the photo loaders take ``strict``, ``progress`` and, for
+    ``folder:``, ``image_size``); registered domains take none.
     """
     root = data_dir(root)
-    if name.startswith("folder:"):  # any image folder, see data/folder.py (cached by path + mtimes)
-        from .folder import load_folder_domain
-
-        return load_folder_domain(name, root)
-    if name.startswith(tuple(f"{k}:" for k in SEG_DATASETS)):  # read from the dataset's own files
-        from .seg_real import load_seg_domain
-
-        return load_seg_domain(name, cache_dir=root, progress=progress)  # the header check is cached in root
+    kind, sep, _ = name.partition(":")
+    if sep and kind in PREFIXES:
+        return PREFIXES[kind].load(name, root, **options)
     if name not in REGISTRY:
         raise DataError(f"unknown domain {name!r} (known: {', '.join(sorted(REGISTRY))}, "
-                        "or folder:PATH, gta5:PATH, cityscapes:PATH, synthia:PATH)")
+                        f"or {', '.join(k + ':PATH' for k in PREFIXES)})")
     return REGISTRY[name].load(root)
+
+
+def _load_seg(name: str, root: Path, progress: bool | None = None) -> Domain:
+    """Read from the dataset's own files; every file's header is checked first (cached in ``root``), with a
+    progress bar on stderr (``progress`` None: when stderr is a terminal)."""
+    from .seg_real import load_seg_domain  # imports torch: loaded on first use
+
+    return load_seg_domain(name, cache_dir=root, progress=progress)
+
+
+for _kind, _what in (("gta5", "GTA5 (Playing for Data) images/ + labels/"),
+                     ("cityscapes", "Cityscapes leftImg8bit/ + gtFine/"),
+                     ("synthia", "SYNTHIA-RAND-CITYSCAPES RGB/ + GT/LABELS/")):
+    register_prefix(PrefixSpec(_kind, f"{_what}, streamed from its files", _load_seg, task="segmentation"))
 
 
 def __getattr__(name: str):

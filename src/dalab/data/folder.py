@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import DataError
 from .images import IMAGE_EXTS, load_image
-from .imageops import SIZE, split_arrays, stratified_split
+from .imageops import SIZE, stratified_split
 from .io import atomic_save_npz, file_lock
 
 SPLIT_DIRS = ("train", "val", "test")
@@ -101,34 +101,52 @@ def _label_map(names: set[str]) -> tuple[dict[str, int], tuple[str, ...] | None,
     return {n: i for i, n in enumerate(ordered)}, ordered, len(ordered)
 
 
-def _decode(root: Path) -> dict[str, np.ndarray]:
+def folder_index(root: Path) -> tuple[dict[str, tuple[list[Path], np.ndarray]], tuple[str, ...] | None, int, bool]:
+    """The files of an image folder and their labels by split, without reading any image.
+
+    Returns ({"train"|"val"|"test": (files, labels (N,) int64, -1 = unlabelled)}, class names
+    (None for digit names), number of classes, labelled). The splits are the ones described in
+    the module docstring; the resident and the streamed path (``dalab.data.photos``) share them.
+    """
     layout = _layout(root)
     labelled = next(iter(layout.values()))[1] is not None
     names = set()
     for _, cls in layout.values():
         names.update(cls or ())
     labels, classes, num_classes = _label_map(names) if labelled else ({}, None, 10)
-    decoded = {}
+    parts = {}
     for part, (files, cls) in layout.items():
-        x = np.stack([load_image(f, SIZE) for f in files])
         y = (np.array([labels[c] for c in cls], np.int64) if labelled else np.full(len(files), -1, np.int64))
-        decoded[part] = (x, y)
-    if "all" in decoded:
-        x, y = decoded["all"]
+        parts[part] = (list(files), y)
+
+    def take(part, idx):
+        files, y = parts[part]
+        return [files[i] for i in idx], y[idx]
+
+    if "all" in parts:
+        files, y = parts["all"]
         if labelled:
-            arrays = split_arrays(x, y, val=0.1, test=0.2, seed=0)
+            te, va, tr = stratified_split(y, (0.2, 0.1), seed=0)
+            out = {"train": take("all", tr), "val": take("all", va), "test": take("all", te)}
         else:  # transductive target: adapt to every image, "test" on the same images (no labels)
-            arrays = {"train_x": x, "train_y": y, "val_x": x[:0], "val_y": y[:0], "test_x": x, "test_y": y}
+            out = {"train": (files, y), "val": ([], y[:0]), "test": (files, y)}
     else:
-        x, y = decoded["train"]
-        if "val" in decoded:
-            arrays = {"train_x": x, "train_y": y, "val_x": decoded["val"][0], "val_y": decoded["val"][1]}
-        elif labelled:
-            arrays = split_arrays(x, y, val=0.1, seed=0)
-        else:
-            va, tr = stratified_split(y, (0.1,), seed=0)
-            arrays = {"train_x": x[tr], "train_y": y[tr], "val_x": x[va], "val_y": y[va]}
-        arrays["test_x"], arrays["test_y"] = decoded["test"]
+        if "val" in parts:
+            out = {"train": parts["train"], "val": parts["val"]}
+        else:  # 10 % of train held out (class-stratified; one group when unlabelled)
+            va, tr = stratified_split(parts["train"][1], (0.1,), seed=0)
+            out = {"train": take("train", tr), "val": take("train", va)}
+        out["test"] = parts["test"]
+    return out, classes, num_classes, labelled
+
+
+def _decode(root: Path) -> dict[str, np.ndarray]:
+    index, classes, num_classes, _ = folder_index(root)
+    arrays = {}
+    for part, (files, y) in index.items():
+        arrays[f"{part}_x"] = (np.stack([load_image(f, SIZE) for f in files]) if files
+                               else np.zeros((0, SIZE, SIZE, 3), np.uint8))
+        arrays[f"{part}_y"] = y
     arrays["meta_num_classes"] = np.array(num_classes)
     arrays["meta_classes"] = np.array(list(classes) if classes else [], dtype=str)
     arrays["meta_origin"] = np.array(str(root))

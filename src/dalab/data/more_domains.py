@@ -1,10 +1,12 @@
-"""Registers the extra domains: ``syndigits``, ``uci-digits``, ``svhn``, ``usps`` and the two
-segmentation domains of procedural street scenes, ``scenes-game`` and ``scenes-photo``.
+"""Registers the extra domains: ``syndigits``, ``uci-digits``, ``svhn``, ``usps``, the two
+segmentation domains of procedural street scenes, ``scenes-game`` and ``scenes-photo``, and the
+``KIND:PATH`` prefixes of photos read from their files: ``folder:``, ``office31:``,
+``officehome:``, ``visda:``, ``domainnet:`` and ``imagelist:`` (``data/photos.py``).
 
 Imported at the end of :mod:`dalab.data.domains`. ``syndigits`` and ``uci-digits`` are
 built offline by ``dalab data prepare``; ``svhn`` and ``usps`` are imported from the
 user's files with ``dalab data prepare --svhn PATH --usps PATH``. ``folder:PATH`` (any
-image folder) needs no registration: :func:`dalab.data.domains.load_domain` resolves it.
+image folder) is one of the photo prefixes.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .cityscapes_labels import NUM_CLASSES, TRAIN_NAMES
-from .base import Domain, DomainSpec, from_arrays, register
+from .base import Domain, DomainSpec, PrefixSpec, from_arrays, register, register_prefix
 from .external import SVHN_CACHE, USPS_CACHE
 from .mnist import load_npz_checked
 from .syndigits import CACHE_NAME as SYN_CACHE
@@ -67,3 +69,20 @@ for _name, _summary in (("scenes-game", "procedural street scenes, flat-shaded '
                          "noise (segmentation target standing in for Cityscapes; built by `dalab data prepare`)")):
     _load, _prep = _scene_loader(_name)
     register(DomainSpec(_name, _summary, _load, _prep, f"{_name}.npz", task="segmentation"))
+
+
+def _load_photos(name: str, root: Path, **options) -> Domain:
+    from .photos import load_photo_domain  # imports torch: loaded on first use
+
+    return load_photo_domain(name, root, **options)
+
+
+for _kind, _summary in (
+        ("folder", "your own image folder: class folders, train/val/test folders or flat (unlabelled); small images "
+                   "held in memory at 28x28, photos streamed"),
+        ("office31", "an Office-31 domain folder (amazon, dslr, webcam) holding images/<class>/*.jpg"),
+        ("officehome", "an Office-Home domain folder (Art, Clipart, Product, Real_World) holding <class>/*"),
+        ("visda", "VisDA-2017's train/ (synthetic) or validation/ (real) folder with its image_list.txt"),
+        ("domainnet", "a DomainNet domain folder, with <domain>_train.txt and <domain>_test.txt beside it"),
+        ("imagelist", "a 'relative/path label' list (or TRAIN_LIST,TEST_LIST), TLlib's format")):
+    register_prefix(PrefixSpec(_kind, _summary, _load_photos))

@@ -254,6 +254,8 @@ class FileSplit:
     #: how a list of items becomes a batch (``None``: torch's default collate); set it in a subclass as
     #: ``collate_fn = staticmethod(fn)``
     collate_fn: Callable | None = None
+    #: the loader class (a :class:`StreamLoader`; e.g. one that counts what its dataset reports)
+    loader_class: type = None
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -313,6 +315,6 @@ class FileSplit:
             keys = self.batch_keys(data)
             batches = Epoched(SizeGroupedBatches([0] * len(data) if keys is None else keys, batch_size, rank,
                                                  world_size))
-        return StreamLoader(data, batches, num_workers=workers, collate_fn=self.collate_fn,
+        return (self.loader_class or StreamLoader)(data, batches, num_workers=workers, collate_fn=self.collate_fn,
                             pin_memory=torch.cuda.is_available() if pin_memory is None else bool(pin_memory),
                             persistent_workers=workers > 0)

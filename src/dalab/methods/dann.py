@@ -70,6 +70,12 @@ def nonsaturating_domain_losses(head, f: torch.Tensor, n_source: int
     return loss_d, F.binary_cross_entropy_with_logits(d_f, flipped), acc
 
 
+def joint_pass(model) -> bool:
+    """Whether source and target go through ``model`` in one concatenated pass: a network without
+    batch norm, or one that asks for joint batch statistics (``joint_batch_norm = True``)."""
+    return not has_batch_norm(model) or bool(getattr(model, "joint_batch_norm", False))
+
+
 def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """Features of source then target, (Bs + Bt, D).
 
@@ -78,9 +84,11 @@ def features_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tens
     (:mod:`dalab.models.batchnorm`). The network runs once over the concatenated batch:
     without batch norm, and with per-domain batch norm, which then normalises the source rows
     and the target rows separately inside that one pass (:func:`~dalab.models.batchnorm.bn_split`).
-    A network with plain ``BatchNorm2d`` (``--bn-stats shared``) takes one pass per domain.
+    A network with plain ``BatchNorm2d`` (``--bn-stats shared``) takes one pass per domain, unless it
+    sets ``joint_batch_norm`` (:class:`~dalab.models.backbones.PhotoNet`, as TLlib's scripts): then
+    one pass normalises the concatenated batch with its joint statistics.
     """
-    if not has_batch_norm(model):
+    if joint_pass(model):
         return model.features(torch.cat([xs, xt]))
     if splits_domains(model):
         with bn_split(model, len(xs)):
@@ -102,7 +110,7 @@ def classify_per_domain(model, f: torch.Tensor, n_source: int) -> torch.Tensor:
     each domain in its own pass.
     """
     head = getattr(model, "label_head", None)
-    if head is None or not has_batch_norm(head):
+    if head is None or not has_batch_norm(head) or getattr(model, "joint_batch_norm", False):
         return model.classify(f)
     if splits_domains(head):
         with bn_split(model, n_source):
@@ -118,7 +126,7 @@ def classify_per_domain(model, f: torch.Tensor, n_source: int) -> torch.Tensor:
 def logits_per_domain(model, xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Class logits ``model(x)`` of source and target batches, with the same rule as
     :func:`features_per_domain` (works for any network that maps images to logits)."""
-    if not has_batch_norm(model):
+    if joint_pass(model):
         out = model(torch.cat([xs, xt]))
     elif splits_domains(model):
         with bn_split(model, len(xs)):

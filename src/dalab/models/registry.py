@@ -36,6 +36,10 @@ def build_network(arch: str, num_classes: int, batch_norm: bool = True, input_no
 def build_model(config: dict) -> nn.Module:
     """Rebuild a model from the plain config stored in checkpoints."""
     name = str(config.get("arch", "ganin-mnist"))
+    if name == "photonet":  # a torchvision or timm backbone with the fine-tuning head (models/backbones.py)
+        from .backbones import PhotoNet
+
+        return PhotoNet.from_config(config)
     if name in RETIRED_ARCHS:
         raise ValueError(RETIRED_ARCHS[name])
     arch = ARCH_OF_CHECKPOINT.get(name)
