@@ -91,9 +91,13 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--method-arg", dest="method_args", action="append", default=None, metavar="KEY=VALUE",
                    type=method_arg, help="a method hyper-parameter, repeatable (e.g. --method-arg beta=0.01)")
     p.add_argument("--crop", dest="crop_size", type=hw_pair, default=None, metavar="HxW",
-                   help="domains read from files (gta5:, cityscapes:, synthia:PATH): training crop, e.g. 512x1024")
+                   help="domains read from files (gta5:, cityscapes:, synthia:PATH): training crop, e.g. 512x512")
+    p.add_argument("--resize", choices=["base", "native"], default=d.resize,
+                   help="domains read from files: base = each dataset's size in the papers first (GTA5 1280x720, "
+                        "Cityscapes 1024x512, SYNTHIA 1280x760), native = each file's own size")
     p.add_argument("--eval-size", type=hw_pair, default=None, metavar="HxW",
-                   help="domains read from files: evaluation input size (scored at the labels' full size)")
+                   help="domains read from files: evaluation input size (default: the size the training crops are "
+                        "cut from; scored at the labels' full size)")
     p.add_argument("--workers", type=nonneg_int, default=d.workers,
                    help="domains read from files: DataLoader worker processes per domain")
     add_data_dir(p)
@@ -145,7 +149,7 @@ def config_from_args(args) -> TrainConfig:
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
         limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,
         init_from=args.init_from, ema_decay=args.ema_decay, crop_size=args.crop_size, eval_size=args.eval_size,
-        workers=args.workers, method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
+        workers=args.workers, resize=args.resize, method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
 
 
 def method_arg(s: str) -> tuple[str, object]:
@@ -192,7 +196,8 @@ def add_parser(sub) -> None:
     e.add_argument("--device", default="auto", help=DEVICE_HELP)
     e.add_argument("--json", action="store_true", help="print the result as JSON")
     e.add_argument("--eval-size", type=hw_pair, default=None, metavar="HxW",
-                   help="a segmentation domain read from files: the input size (scored at the labels' full size)")
+                   help="a segmentation domain read from files: the input size (default: the one the run evaluated "
+                        "at; scored at the labels' full size)")
     e.add_argument("--workers", type=nonneg_int, default=2, help="a domain read from files: DataLoader workers")
     e.add_argument("--classes", default=None, metavar="NAMES",
                    help="segmentation: the mIoU over these classes only, comma-separated names, or synthia16 / "
@@ -269,9 +274,11 @@ def run_evaluate(args) -> int:
                          f"{args.domain} a {task.name} domain")
     split = domain[args.split]
     if getattr(split, "streamed", False):  # read from files (cityscapes:PATH): scored batch by batch
-        batches = split.loader(2, False, workers=args.workers, size=args.eval_size)
-        where = (f"input {'full size' if args.eval_size is None else 'x'.join(map(str, args.eval_size))}, "
-                 "labels at full size")
+        # the input size the run evaluated at (its model.pt says), unless --eval-size asks for another
+        size = args.eval_size or config.get("eval_size") or "base"
+        batches = split.loader(2, False, workers=args.workers, size=size)
+        shown = {"base": "the dataset's base size", "native": "full size"}.get(size) if isinstance(size, str) else None
+        where = f"input {shown or 'x'.join(map(str, size))}, labels at full size"
     else:
         x, y = split.tensors(device)
         batches = ((x[i:i + task.eval_batch], y[i:i + task.eval_batch]) for i in range(0, len(x), task.eval_batch))

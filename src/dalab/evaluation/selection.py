@@ -43,17 +43,18 @@ def find_candidates(root: str | Path) -> list[Path]:
 STREAMED_LIMIT = 100  # images per split read from files (each is large), unless --limit asks for fewer
 
 
-def _batches(cache: dict, name: str, split: str, data_dir, limit: int | None, device, eval_size=None) -> list:
+def _batches(cache: dict, name: str, split: str, data_dir, limit: int | None, device, eval_size=None,
+             labels: bool = True) -> list:
     """The (images, labels) batches of a split, read once per selection (cached): a resident split in
     batches of its task's evaluation size; a split read from files at the run's evaluation size, at most
-    :data:`STREAMED_LIMIT` images."""
-    key = (name, split, tuple(eval_size) if eval_size else None)
+    :data:`STREAMED_LIMIT` images (``labels`` False: their label files are not read)."""
+    key = (name, split, eval_size if isinstance(eval_size, str) or eval_size is None else tuple(eval_size), labels)
     if key not in cache:
         dom = load_domain(name, data_dir)
         s = dom[split]
         if getattr(s, "streamed", False):
             n = min(limit or STREAMED_LIMIT, STREAMED_LIMIT)
-            cache[key] = list(s.loader(4, False, workers=0, size=eval_size, limit=n))
+            cache[key] = list(s.loader(4, False, workers=0, size=eval_size, limit=n, labels=labels and s.labelled))
         else:
             x, y = s.tensors(device, limit)
             bs = get_task(dom.task).eval_batch
@@ -96,11 +97,11 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
     if bad:
         raise DalabError(f"validator {bad[0]} is not defined for {task.name} "
                          f"({task.name}: {', '.join(task.validators)})")
-    eval_size = ((summary or {}).get("config") or {}).get("eval_size")
-    get = (lambda name, split: _batches(cache, name, split, data_dir, limit, device, eval_size))
+    eval_size = config.get("eval_size") or ((summary or {}).get("config") or {}).get("eval_size") or "base"
+    get = (lambda name, split, labels=True: _batches(cache, name, split, data_dir, limit, device, eval_size, labels))
     inputs = task.validator_inputs(
         model, source_val=get(source, "val"), source_train=get(source, "train") if "dev" in validators else [],
-        target=[(x, None) for x, _ in get(target, target_split)],  # the target's labels are dropped here
+        target=[(x, None) for x, _ in get(target, target_split, labels=False)],  # never a target label
         needed=list(validators), num_classes=int(config.get("num_classes", 10)), seed=seed)
     scores = compute_validators(validators, seed=seed, **inputs)
     row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),

@@ -65,8 +65,11 @@ class TrainConfig:
     # random scale in [0.5, 1.5] and a flip, the evaluation input size (H, W) (logits are scored at the labels'
     # full resolution), and the DataLoader worker processes per domain; unused for in-memory domains
     crop_size: list | None = None
-    eval_size: list | None = None
+    eval_size: list | None = None   # None: the size the training crops are cut from (see resize)
     workers: int = 2
+    # domains read from files: "base" resizes each dataset to its papers' size first (GTA5 1280x720, Cityscapes
+    # 1024x512, SYNTHIA 1280x760; data/seg_real.py), "native" keeps each file's own size
+    resize: str = "base"
 
     def resolved_lr(self) -> float:
         return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
@@ -114,6 +117,8 @@ class TrainConfig:
             if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 2
                                       and all(isinstance(k, int) and k > 0 for k in v)):
                 bad(f"--{name.replace('_', '-')} must be two positive integers HxW, got {v!r}")
+        if self.resize not in ("base", "native"):
+            bad(f"unknown resize {self.resize!r} (base, native)")
         if not isinstance(self.workers, int) or self.workers < 0:
             bad(f"--workers must be an integer >= 0, got {self.workers!r}")
         if self.precision not in ("auto", "fp32", "bf16"):

@@ -16,7 +16,9 @@ def open_data(cfg, method, device, dist, user_data=None):
     """The data source of a run: ``user_data`` (a TensorData) when given, else the two domains of ``cfg``."""
     if user_data is not None:
         return user_data.source(device, method, cfg, dist)
-    src, tgt = load_domain(cfg.source, cfg.data_dir), load_domain(cfg.target, cfg.data_dir)
+    progress = None if dist.is_main else False  # the header check's bar: the first process only
+    src = load_domain(cfg.source, cfg.data_dir, progress=progress)
+    tgt = load_domain(cfg.target, cfg.data_dir, progress=progress)
     check_task(cfg, method, src, tgt)
     check_pair(src, tgt, method.uses_target_labels)  # unlabelled source, class-name mismatch
     if any(getattr(s, "streamed", False) for d in (src, tgt) for s in d.splits.values()):
@@ -51,23 +53,33 @@ def check_task(cfg, method, src, tgt) -> None:
 
 def _streamed(cfg, method, device, dist, src, tgt) -> StreamedSource:
     """Domains read from files: one training DataLoader per domain (this rank's share of each global
-    batch, random scale / crop / flip) and evaluation loaders at ``eval_size``. The target's scored
-    split is its ``test`` split, or ``val`` where it has no test labels (Cityscapes)."""
+    batch; images at the dataset's base size, or as stored with ``--resize native``, then random scale,
+    crop and flip) and evaluation loaders (images at ``--eval-size``, by default the same size as the
+    training crops were cut from; scored at the labels' full resolution). The target's training loader
+    reads no label unless the method is the oracle. The target's scored split is its ``test`` split, or
+    ``val`` where it has no test labels (Cityscapes)."""
     W, r = dist.world_size, dist.rank
     if cfg.crop_size is None:  # images of many sizes, randomly rescaled: batches need one size
-        raise DalabError("--crop HxW is required for domains read from files (e.g. --crop 512x1024)")
+        raise DalabError("--crop HxW is required for domains read from files (e.g. --crop 512x512)")
     refuse_whole_target_set(method)
     b = cfg.batch_size // W
+    size = "native" if cfg.resize == "native" else "base"
     common = dict(workers=cfg.workers, rank=r, world_size=W, pin_memory=device.type == "cuda")
-    train = dict(crop=cfg.crop_size, size=None, limit=cfg.limit_train, **common)
-    loaders = {"source": src["train"].loader(b, True, seed=cfg.seed, **train)}
+    train = dict(crop=cfg.crop_size, size=size, limit=cfg.limit_train, **common)
+    loaders = {"source": src["train"].loader(b, True, seed=cfg.seed, labels=True, **train)}
     if method.uses_target:
-        loaders["target"] = tgt["train"].loader(b, True, seed=cfg.seed + 1, **train)
+        loaders["target"] = tgt["train"].loader(b, True, seed=cfg.seed + 1, labels=method.uses_target_labels,
+                                                **train)
     tgt_split = "test" if "test" in tgt.splits else "val"
     evals = {}
     for split, dom, name in (("source_val", src, "val"), ("source_test", src, "test"), ("target_test", tgt, tgt_split)):
-        if name in dom.splits:
-            evals[split] = dom[name].loader(max(1, b // 2), False, seed=cfg.seed, size=cfg.eval_size,
+        if name in dom.splits and getattr(dom[name], "labelled", True):
+            evals[split] = dom[name].loader(max(1, b // 2), False, seed=cfg.seed, size=cfg.eval_size or size,
                                             limit=cfg.limit_eval, **common)
-    return StreamedSource(src, tgt, {"target_scored_split": tgt_split}, loaders=loaders, evals=evals, device=device,
-                          reduce=lambda t: all_sum(t, dist), crop=cfg.crop_size)
+    facts = {"target_scored_split": tgt_split, "resize": size, "eval_size": cfg.eval_size or size}
+    checks = {d: dom.pair_check for d, dom in (("source", src), ("target", tgt)) if dom.pair_check is not None}
+    if checks:
+        facts["data_check"] = {d: c.counts() for d, c in checks.items()}
+    log = [f"{d}: {line}" for d, c in checks.items() for line in c.log_lines()]
+    return StreamedSource(src, tgt, facts, "\n".join(log) + "\n" if log else None, loaders=loaders, evals=evals,
+                          device=device, reduce=lambda t: all_sum(t, dist), crop=cfg.crop_size)

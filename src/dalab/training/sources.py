@@ -196,8 +196,8 @@ class StreamedSource(DataSource):
     def epoch_batches(self, epoch: int, steps: int) -> Iterator[TrainBatch]:
         """The next batch of each domain's loader: one endless iterator per domain for the whole run,
         so a target pass that outlasts a source epoch carries on where it was."""
-        if self._its is None:
-            self._its = {k: loader.forever(start_epoch=epoch) for k, loader in self.loaders.items()}
+        if self._its is None:  # a resumed loader continues from the position its state was loaded with
+            self._its = {k: loader.forever() for k, loader in self.loaders.items()}
         dev = self.device
         for _ in range(steps):
             xs = ys = xt = yt = None
@@ -219,7 +219,7 @@ class StreamedSource(DataSource):
             take = min(n, STREAM_CALIBRATION, len(ds))
             if take:
                 idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:take]
-                out[dom] = torch.stack([ds[(int(i), 0)][0] for i in idx]).to(self.device)
+                out[dom] = torch.stack([ds[(int(i), 0)][0] for i in idx]).to(self.device)  # (index, epoch 0)
         return out
 
     def sample(self, n: int) -> dict[str, torch.Tensor]:
@@ -243,10 +243,14 @@ class StreamedSource(DataSource):
         return None
 
     def state_dict(self) -> dict:
-        return {}
+        """Each training loader's position (epoch and batches taken in it), to resume the exact stream."""
+        return {k: loader.state_dict() for k, loader in self.loaders.items()}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        if "gen" in state:  # a checkpoint of dalab < 0.9 recorded no position: start the epoch it stopped at
+            return
+        for k, st in state.items():
+            self.loaders[k].load_state_dict(st)
 
 
 def refuse_whole_target_set(method) -> None:

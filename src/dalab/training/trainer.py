@@ -218,7 +218,9 @@ class Trainer:
         if B > n_primary:
             raise DalabError(f"--batch-size {B} is larger than the training set ({n_primary} images)")
         # only now, after every input check, touch --out: a bad flag never changes an earlier run
-        resume_ck = self.run_dir.open(cfg.to_dict(), TrainConfig().to_dict()) if self.dist.is_main else None
+        # a checkpoint of dalab < 0.9 records no resize: it read files at their own size
+        defaults = {**TrainConfig().to_dict(), "resize": "native"}
+        resume_ck = self.run_dir.open(cfg.to_dict(), defaults) if self.dist.is_main else None
         barrier(self.dist)
         if not self.dist.is_main:
             resume_ck = self.run_dir.load_checkpoint()
@@ -371,7 +373,8 @@ class Trainer:
                 "input_norm": self.cfg.input_norm, "task": self.task.name,
                 "classes": list(self.data.classes or []) or None,
                 "input": self.data.input_shape() or [3, 28, 28], "method": self.method.name,
-                "source": self.cfg.source, "target": self.cfg.target}
+                "source": self.cfg.source, "target": self.cfg.target,
+                **({"eval_size": self.data.facts["eval_size"]} if "eval_size" in self.data.facts else {})}
 
     def _bn_description(self) -> str | None:
         if self.model is None or not has_batch_norm(self.model):
