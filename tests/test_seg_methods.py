@@ -1,5 +1,5 @@
-"""Segmentation methods (advent, minent, adaptseg, fda, cbst, dacs): the maths on hand-made tensors,
-then two optimisation steps of each on a tiny dummy segmentation network."""
+"""Segmentation methods (advent, minent, adaptseg, fda, cbst, dacs, mic, daformer): the maths on hand-made
+tensors, pixel sizes scaled to the image, then two optimisation steps of each on a tiny dummy segmentation network."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dalab.models.grl import grad_reverse
 from dalab.models.nets import to_unit_float
 from dalab.tasks import IGNORE, task_loss, upsample_to
 
-SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst", "dacs", "mic")
+SEG_METHODS = ("advent", "minent", "adaptseg", "fda", "cbst", "dacs", "mic", "daformer")
 
 
 class TinySegNet(nn.Module):
@@ -349,7 +349,7 @@ def test_strong_augment_is_seeded_in_range_and_off_when_probabilities_are_zero()
 def test_dacs_augment_flag_feeds_the_mixed_images_through_strong_augment(monkeypatch):
     import dalab.methods.dacs as dacs
     seen = []
-    monkeypatch.setattr(dacs, "strong_augment", lambda x, g: seen.append(x.dtype) or x)
+    monkeypatch.setattr(dacs, "strong_augment", lambda x, g, **kw: seen.append(x.dtype) or x)
     for augment in (True, False):
         model = TinySegNet()
         m = make_method("dacs", augment=augment)
@@ -399,3 +399,212 @@ def test_mic_adds_the_confidence_weighted_masked_loss_to_dacs():
     assert torch.isclose(loss.detach(), logs["task_loss"] + logs["mix_loss"] + logs["masked_loss"], atol=1e-5)
     with pytest.raises(ValueError, match="mask_ratio"):
         mic.MIC(mask_ratio=1.0)
+
+
+# ------------------------------------------------------------------ pixel sizes follow the image
+def test_pixel_rule_scales_lengths_with_the_shorter_side_and_counts_with_the_area():
+    from dalab.data.pixel_scale import scale_count, scale_length, scale_length_int, shorter_side
+    assert shorter_side((2, 3, 48, 96)) == 48 and shorter_side((96, 48)) == 48
+    assert scale_length(32, 512, 512) == 32 and scale_length(32, 512, 48) == pytest.approx(3.0)
+    assert scale_length(1.15, 512, 48) == pytest.approx(1.15 * 48 / 512)
+    assert scale_count(3000, 512, 1024) == pytest.approx(12000) and scale_count(3000, 512, 48) == pytest.approx(26.3672)
+    assert scale_length_int(15, 512, 48, minimum=0) == 1 and scale_length_int(120, 512, 48) == 11
+    assert scale_length_int(0.5, 1, 1) == 1 and scale_length_int(1, 512, 48) == 1  # halves up; at least 1
+    with pytest.raises(ValueError):
+        scale_length(1, 0, 48)
+
+
+@pytest.mark.parametrize("hw,expected", [((512, 512), (0.15, 1.15)), ((48, 96), (0.15 * 48 / 512, 1.15 * 48 / 512)),
+                                         ((96, 48), (0.15 * 48 / 512, 1.15 * 48 / 512))])
+def test_dacs_blur_sigma_is_the_published_one_at_512_px_and_scaled_below(monkeypatch, hw, expected):
+    import dalab.methods.dacs as dacs
+    seen = []
+    real = dacs._strong_augment
+    monkeypatch.setattr(dacs, "_strong_augment", lambda x, g, s, jp, bp, sigma: seen.append(sigma) or real(
+        x, g, s, jp, bp, sigma))
+    x = torch.rand(2, 3, *hw)
+    for name in ("dacs", "mic", "daformer"):
+        dacs.strong_augment(x, torch.Generator().manual_seed(0), **make_method(name).augment_args())
+    assert len(seen) == 3 and all(s == pytest.approx(expected) for s in seen)
+    # through the loss: DACS's mixed images at 48x96
+    seen.clear()
+    m = make_method("dacs")
+    m.setup(TinySegNet(), torch.device("cpu"))
+    m.loss(TinySegNet(), Batch(_images(2, 48, 96), _labels(2, h=48, w=96), _images(2, 48, 96, seed=3)))
+    assert seen == [pytest.approx((0.15 * 48 / 512, 1.15 * 48 / 512))]
+
+
+def test_the_scaled_blur_of_a_48_px_image_is_as_weak_as_the_authors_at_512_px():
+    from dalab.methods.dacs import gaussian_blur
+    x = torch.rand(1, 3, 48, 96, generator=torch.Generator().manual_seed(0))
+    big = torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(0))
+    # the largest sigma, 1.15 px at 512 px: a mild blur there; its scaled 0.108 px leaves 48-px images as they are
+    assert (gaussian_blur(big, torch.tensor([1.15])) - big).abs().mean() > 0.05
+    assert torch.allclose(gaussian_blur(x, torch.tensor([1.15 * 48 / 512])), x, atol=1e-6)
+    assert (gaussian_blur(x, torch.tensor([1.15])) - x).abs().mean() > 0.05  # dalab 0.8's unscaled sigma
+
+
+def test_strong_augment_takes_sigma_in_pixels_of_the_image_without_a_reference_side(monkeypatch):
+    import dalab.methods.dacs as dacs
+    seen = []
+    monkeypatch.setattr(dacs, "_strong_augment", lambda x, g, s, jp, bp, sigma: seen.append(sigma) or x)
+    dacs.strong_augment(torch.rand(1, 3, 48, 96), None, sigma=(0.15, 1.15), sigma_side=None)
+    assert seen == [(0.15, 1.15)]
+
+
+@pytest.mark.parametrize("hw,block", [((512, 512), 32), ((48, 96), 3), ((1024, 1024), 64), ((16, 32), 1)])
+def test_mic_block_is_32_px_at_512_and_scaled_with_the_image(hw, block):
+    """32 px on DAFormer's 512-px crops, 64 px on HRDA's 1024-px crops (lhoyer/MIC seg/experiments.py)."""
+    m = make_method("mic")
+    assert m.block_size((2, 3, *hw)) == block
+    with pytest.raises(ValueError, match="pixels of 512-px crops"):
+        make_method("mic", mask_block=0.125)
+
+
+def test_mic_loss_masks_blocks_of_the_scaled_size(monkeypatch):
+    import dalab.methods.mic as mic
+    seen = []
+    real = mic.block_mask
+    monkeypatch.setattr(mic, "block_mask", lambda shape, block, *a: seen.append(block) or real(shape, block, *a))
+    m = make_method("mic")
+    model = TinySegNet()
+    m.setup(model, torch.device("cpu"))
+    m.loss(model, Batch(_images(2, 48, 96), _labels(2, h=48, w=96), _images(2, 48, 96, seed=3)))
+    assert seen == [3]
+
+
+@pytest.mark.parametrize("side", [48, 64, 512, 1024])
+def test_fda_window_keeps_the_authors_share_of_the_spectrum(side):
+    from dalab.methods.fda import window_half_side
+    assert window_half_side(0.01, 512) == 5 == math.floor(0.01 * 512)  # the authors' 1024x512 crops
+    assert window_half_side(0.01, side) == 5 and window_half_side(0.0, side) == 0
+    assert window_half_side(0.05, side) == 25 and window_half_side(0.09, side) == 46
+
+
+def test_fda_loss_swaps_the_scaled_window(monkeypatch):
+    import dalab.methods.fda as fda
+    seen = []
+    real = fda.fda_source_to_target
+    monkeypatch.setattr(fda, "fda_source_to_target", lambda xs, xt, beta, clip=True, half_side=None:
+                        seen.append(half_side) or real(xs, xt, beta, clip, half_side))
+    m = make_method("fda")
+    _, logs = m.loss(TinySegNet(), Batch(_images(2, 48, 96), _labels(2, h=48, w=96), _images(2, 48, 96, seed=3)))
+    assert seen == [5] and logs["fda_window"] == 5
+    xs, xt = _images(1, 48, 96).double(), _images(1, 48, 96, seed=5).double()
+    assert torch.equal(fda.fda_source_to_target(xs, xt, 0.3, half_side=5), fda.fda_source_to_target(xs, xt, 5 / 48))
+
+
+def test_method_versions_say_which_changed():
+    assert make_method("dacs").version == 2 and make_method("mic").version == 2 and make_method("fda").version == 2
+    assert make_method("daformer").version == 1
+
+
+# ------------------------------------------------------------------ DAFormer
+def test_daformer_defaults_and_recipe():
+    from dalab.methods.daformer import DAFormer
+    m = make_method("daformer")
+    assert isinstance(m, DAFormer) and m.ema == 0.999 and m.threshold == 0.968
+    assert m.augment_args() == {"strength": 0.2, "jitter_p": 0.8, "blur_p": 0.5, "sigma": (0.15, 1.15),
+                                "sigma_side": 512}
+    assert DAFormer.recipe == {"rare_class_sampling": True, "warmup": 1500 / 40000, "warmup_ratio": 1e-6}
+    d = m.describe()
+    assert d["ignore_top"] == 15 and d["ignore_bottom"] == 120 and "warmup=0.0375" in d["recipe"]
+
+
+def test_linear_warmup_multiplies_the_schedule_from_ratio_to_one():
+    from dalab.methods.daformer import linear_warmup
+    assert linear_warmup(0, 1500) == pytest.approx(1e-6)
+    assert linear_warmup(750, 1500) == pytest.approx(0.5 + 0.5e-6)
+    assert linear_warmup(1499, 1500) == pytest.approx(1 - (1 / 1500) * (1 - 1e-6))
+    assert linear_warmup(1500, 1500) == 1.0 and linear_warmup(10, 0) == 1.0
+
+
+def test_daformer_pseudo_label_weight_ignores_scaled_rows():
+    from dalab.methods.daformer import ignored_rows
+    assert ignored_rows(512, 512, 15, 120) == (15, 120)
+    assert ignored_rows(48, 48, 15, 120) == (1, 11)
+    assert ignored_rows(512, 1024, 15, 120) == (30, 240)  # HRDA's crop_pseudo_margins at twice the side
+    assert ignored_rows(4, 4, 1000, 1000) == (4, 0)
+    m = make_method("daformer")
+    w = m.target_weight(torch.tensor(0.25), (2, 48, 96))
+    assert w.shape == (2, 48, 96)
+    assert (w[:, :1] == 0).all() and (w[:, -11:] == 0).all() and (w[:, 1:37] == 0.25).all()
+    off = make_method("daformer", ignore_top=0, ignore_bottom=0).target_weight(torch.tensor(0.25), (1, 8, 8))
+    assert (off == 0.25).all()
+
+
+def test_daformer_mixed_loss_uses_the_row_weights():
+    """The mixed loss equals a hand computation with the row-weighted target pixels."""
+    from dalab.methods.dacs import mixed_loss
+    h = w = 64  # rows ignored: round(15 / 8) = 2 at the top, 120 / 8 = 15 at the bottom
+    logits = torch.zeros(1, 4, h, w)
+    y = torch.zeros(1, h, w, dtype=torch.uint8)
+    m = torch.zeros(1, h, w, dtype=torch.bool)
+    m[0, 0, :8] = True  # 8 pasted source pixels in the ignored top rows keep weight 1
+    weight = make_method("daformer").target_weight(torch.tensor(0.5), (1, h, w))
+    n_target_weighted = (h - 2 - 15) * w  # target pixels at weight 0.5
+    expected = (8 * 1.0 + n_target_weighted * 0.5) * math.log(4) / (h * w)
+    assert torch.isclose(mixed_loss(logits, y, m, weight), torch.tensor(expected))
+
+
+def test_downscaled_labels_and_thing_feature_distance():
+    from dalab.methods.daformer import downscale_labels, thing_feature_distance
+    y = torch.full((1, 4, 4), 2, dtype=torch.uint8)
+    y[0, :2, :2] = 11              # a person in the top-left cell
+    y[0, :2, 2:] = 13
+    y[0, 0, 2] = IGNORE            # the top-right cell: 3 car pixels of 4 (>= 0.75) -> car
+    y[0, 2:, :2] = 255             # bottom-left: all ignore -> ignore
+    y[0, 3, 3] = 13                # bottom-right: 3 of 4 road(2) -> 2
+    cells = downscale_labels(y, (2, 2), 19, 0.75)
+    assert cells.tolist() == [[[11, 13], [IGNORE, 2]]]
+    assert downscale_labels(y, (2, 2), 19, 0.8).tolist() == [[[11, IGNORE], [IGNORE, IGNORE]]]
+    fs = torch.zeros(1, 3, 2, 2, requires_grad=True)
+    fi = torch.zeros(1, 3, 2, 2)
+    fi[0, :, 0, 0] = torch.tensor([3.0, 4.0, 0.0])   # distance 5 at the person cell
+    fi[0, :, 0, 1] = torch.tensor([0.0, 0.0, 1.0])   # distance 1 at the car cell
+    fi[0, :, 1, 1] = 100.0                           # road: not a thing class, left out
+    d, mask = thing_feature_distance(fs, fi, y)
+    assert mask.tolist() == [[[True, True], [False, False]]] and torch.isclose(d, torch.tensor(3.0))
+    d.backward()
+    assert fs.grad[0, :, 1, 1].abs().sum() == 0 and fs.grad[0, :, 0, 0].abs().sum() > 0
+    none, m0 = thing_feature_distance(fs, fi, torch.full((1, 4, 4), 2, dtype=torch.uint8))
+    assert none.item() == 0.0 and not m0.any() and none.requires_grad
+
+
+class ImageNetTinySegNet(TinySegNet):
+    """TinySegNet with a frozen copy of its encoder standing in for an ImageNet backbone."""
+
+    def __init__(self):
+        super().__init__(num_classes=19)
+        import copy
+        self.frozen = copy.deepcopy(self.enc).requires_grad_(False)
+
+    def imagenet_features(self, x):
+        with torch.no_grad():
+            return self.frozen((to_unit_float(x) - 0.5) / 0.5)
+
+
+def test_daformer_feature_distance_only_with_an_imagenet_backbone():
+    from dalab.methods.daformer import ImageNetFeatures
+    torch.manual_seed(0)
+    ys = _labels(2, h=16, w=32)
+    ys[:, 4:] = 13  # cars: a thing class
+    b = Batch(_images(2), ys, _images(2, seed=3))
+    plain, withnet = TinySegNet(num_classes=19), ImageNetTinySegNet()
+    assert not isinstance(plain, ImageNetFeatures) and isinstance(withnet, ImageNetFeatures)
+    m = make_method("daformer")
+    m.setup(plain, torch.device("cpu"))
+    _, logs = m.loss(plain, b)
+    assert not m.fd_active and "fd_loss" not in logs and m.describe()["fd_active"] is False
+    m = make_method("daformer")
+    m.setup(withnet, torch.device("cpu"))
+    with torch.no_grad():
+        for p in withnet.enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    loss, logs = m.loss(withnet, b)
+    assert m.fd_active and logs["fd_loss"] > 0 and 0 < logs["fd_cells"] <= 1
+    loss.backward()
+    assert all(p.grad is None for p in withnet.frozen.parameters())
+    off = make_method("daformer", fd_lambda=0.0)
+    off.setup(withnet, torch.device("cpu"))
+    assert not off.fd_active

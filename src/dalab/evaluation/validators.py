@@ -28,6 +28,34 @@ Validators (with their papers):
   multinomial logistic regression on *target* features labelled with the model's own
   predictions, and score its accuracy on the labelled *source* validation features. (The
   original retrains the whole network in the reverse direction; this keeps the features.)
+
+Validators for dense prediction (segmentation), on per-pixel outputs: ``logits`` (B, K, H, W) maps
+or (P, K) rows of sampled pixels, predictions (B, H, W) or (P,) class ids. Not part of
+:data:`VALIDATORS` / :func:`compute_validators` (which a selection run iterates); see
+:data:`SEG_VALIDATORS`:
+
+- ``class-entropy`` (:func:`class_entropy`): the entropy validator of Morerio et al. (ICLR 2018)
+  averaged per *predicted class*, as mIoU averages per class, so that a small class weighs as much
+  as the road: :math:`-\frac{1}{|C|}\sum_{c \in C} \frac{1}{|P_c|}\sum_{i \in P_c} H(p_i)` with
+  :math:`P_c` the pixels predicted as :math:`c` and :math:`C` the classes predicted at least
+  ``min_pixels`` times. The per-class averaging is dalab's adaptation to dense prediction; no
+  published form of it was found.
+- ``teacher-agreement`` (:func:`teacher_agreement`): the mIoU between the argmax maps of a model and
+  of its weight average (the EMA kept in the trainer's ``ckpt.pt``: ``"model"`` the raw weights,
+  ``"ema"`` the average). Agreement between two networks' predictions on unlabelled data tracks
+  their accuracy under distribution shift (Jiang, Nagarajan, Baek & Kolter, "Assessing
+  generalization of SGD via disagreement", ICLR 2022; Baek, Jiang, Raghunathan & Kolter,
+  "Agreement-on-the-line", NeurIPS 2022); here the pair is a model and its own average, not two
+  independently trained networks, so what it measures is how far the last weights stray from
+  their average on target images.
+- ``augmentation-agreement`` (:func:`augmentation_agreement`): the mIoU between a model's argmax
+  map of the target images and its map of transformed images mapped back (e.g. flipped, predicted,
+  flipped back): the agreement above with the second network replaced by the same network on
+  another view; consistency of segmentation under such transformations is what Araslanov & Roth
+  ("Self-supervised augmentation consistency for adapting semantic segmentation", CVPR 2021) train
+  for.
+
+Each is higher for a better model, like the others.
 """
 
 from __future__ import annotations
@@ -39,6 +67,8 @@ import torch
 import torch.nn.functional as F
 
 VALIDATORS = ("source-acc", "entropy", "info-max", "bnm", "snd", "dev", "reverse")
+#: dense-prediction validators (functions below); selection wires them in separately
+SEG_VALIDATORS = ("class-entropy", "teacher-agreement", "augmentation-agreement")
 
 
 def _probs(logits: torch.Tensor) -> torch.Tensor:
@@ -161,3 +191,55 @@ def compute_validators(names, *, logits_t=None, feats_t=None, logits_sv=None, y_
         else:
             raise ValueError(f"unknown validator {n!r} ({', '.join(VALIDATORS)})")
     return out
+
+
+# ------------------------------------------------------------------------------- dense prediction
+
+def _pixel_rows(logits: torch.Tensor) -> torch.Tensor:
+    """(B, K, H, W) maps or (P, K) rows -> (P, K) rows of per-pixel logits."""
+    if logits.dim() == 2:
+        return logits
+    if logits.dim() != 4:
+        raise ValueError(f"logits must be (B, K, H, W) or (P, K), got shape {tuple(logits.shape)}")
+    return logits.movedim(1, -1).reshape(-1, logits.shape[1])
+
+
+def class_entropy(logits: torch.Tensor, min_pixels: int = 1) -> float:
+    """Negative mean over the predicted classes of the mean pixel entropy (nats) of the pixels
+    predicted as that class; classes predicted fewer than ``min_pixels`` times are left out."""
+    p = _probs(_pixel_rows(logits))
+    ent, pred = _entropy(p), p.argmax(1)
+    k = p.shape[1]
+    n = torch.bincount(pred, minlength=k).double()
+    s = torch.bincount(pred, weights=ent.double(), minlength=k)
+    keep = n >= max(1, int(min_pixels))
+    if not keep.any():
+        raise ValueError(f"no class is predicted at least {min_pixels} times")
+    return -(s[keep] / n[keep]).mean().item()
+
+
+def prediction_miou(pred_a: torch.Tensor, pred_b: torch.Tensor, num_classes: int) -> float:
+    """mIoU between two class-id maps of the same shape, each one's IoU per class over the classes
+    that occur in either (symmetric; 1 for identical maps)."""
+    if pred_a.shape != pred_b.shape:
+        raise ValueError(f"prediction maps differ in shape: {tuple(pred_a.shape)} and {tuple(pred_b.shape)}")
+    a, b = pred_a.reshape(-1).long(), pred_b.reshape(-1).long().to(pred_a.device)
+    k = int(num_classes)
+    cm = torch.bincount(a * k + b, minlength=k * k).reshape(k, k).double()
+    inter = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - inter
+    keep = union > 0
+    return (inter[keep] / union[keep]).mean().item() if keep.any() else float("nan")
+
+
+def teacher_agreement(logits_model: torch.Tensor, logits_ema: torch.Tensor) -> float:
+    """mIoU between the argmax maps of a model and of its EMA on the same target images; logits
+    (B, K, H, W) or (P, K) rows of the same pixels."""
+    a, b = _pixel_rows(logits_model), _pixel_rows(logits_ema)
+    return prediction_miou(a.argmax(1), b.argmax(1), a.shape[1])
+
+
+def augmentation_agreement(logits: torch.Tensor, logits_transformed_back: torch.Tensor) -> float:
+    """mIoU between a model's argmax map of the target images and its map of transformed images
+    mapped back onto them (e.g. ``flip(model(flip(x)))``); logits (B, K, H, W) or (P, K) rows."""
+    return teacher_agreement(logits, logits_transformed_back)

@@ -15,6 +15,7 @@ from .adaptseg import AdaptSeg
 from .advent import AdvEnt, MinEnt
 from .cbst import CBST
 from .dacs import DACS
+from .daformer import DAFormer
 from .fda import FDA
 from .mic import MIC
 
@@ -22,7 +23,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (SourceOnly, DANN, NoGRL,
 METHODS.update({m.name: m for m in (CDAN, CDANE, VADA, DIRTT, MeanTeacher, FixMatch, AdaMatch, MCC)})
 METHODS.update({m.name: m for m in (PseudoLabel, DANNPseudoLabel)})
 # semantic segmentation (tasks = ("segmentation",))
-METHODS.update({m.name: m for m in (AdvEnt, MinEnt, AdaptSeg, FDA, CBST, DACS, MIC)})
+METHODS.update({m.name: m for m in (AdvEnt, MinEnt, AdaptSeg, FDA, CBST, DACS, MIC, DAFormer)})
 
 
 def uses_target_labels(name: str | None) -> bool:
@@ -61,4 +62,4 @@ def make_method(name: str, **kwargs) -> Method:
 __all__ = ["Batch", "Method", "accuracy", "SourceOnly", "TargetOnly", "DANN", "NoGRL",
            "domain_adversarial_loss", "METHODS", "make_method", "check_method_args",
            "CDAN", "CDANE", "VADA", "DIRTT", "MeanTeacher", "FixMatch", "AdaMatch", "MCC",
-           "PseudoLabel", "DANNPseudoLabel", "AdvEnt", "MinEnt", "AdaptSeg", "FDA", "CBST", "DACS", "MIC"]
+           "PseudoLabel", "DANNPseudoLabel", "AdvEnt", "MinEnt", "AdaptSeg", "FDA", "CBST", "DACS", "MIC", "DAFormer"]

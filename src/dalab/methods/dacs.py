@@ -25,19 +25,32 @@ buffers copied (:func:`~dalab.methods.consistency.ema_update`).
 The mixed images are then strongly augmented, as in the authors' code (:func:`strong_augment`),
 each image on its own draw: with probability 0.8 a colour jitter of strength :math:`s = 0.25`
 (brightness, contrast and saturation factors in :math:`[1 - s, 1 + s]`, a hue rotation of up to
-:math:`\pm s` of a turn), and with probability 0.5 a Gaussian blur with
-:math:`\sigma \sim U(0.15, 1.15)` and an odd kernel of about a tenth of the image's height and
-width. ``augment=False`` leaves the mixed images as they are.
+:math:`\pm s` of a turn), and with probability 0.5 a Gaussian blur with an odd kernel of about a
+tenth of the image's height and width and
+
+.. math:: \sigma \sim U\Big(0.15\,\frac{\min(H, W)}{512},\ 1.15\,\frac{\min(H, W)}{512}\Big) \text{ pixels}.
+
+**Pixel sizes follow the image** (:mod:`dalab.data.pixel_scale`): the authors draw
+:math:`\sigma \sim U(0.15, 1.15)` *pixels* on 512x512 crops, so dalab scales it with the image's
+shorter side relative to 512: :math:`U(0.15, 1.15)` at 512x512, :math:`U(0.014, 0.108)` on the
+48x96 scenes (dalab 0.8 applied 0.15-1.15 px to every image size, a blur about ten times
+stronger relative to a 48-px image). The kernel is already a fraction of each side in the
+authors' code (:math:`\lceil n/10 \rceil`, made odd by going down) and is kept as it is. Nothing
+else in DACS is in pixels. ``augment=False`` leaves the mixed images as they are.
 
 Defaults and their sources (vikolss/DACS, ``trainUDA.py``, ``utils/transformsgpu.py`` and
-``configs/configUDA.json``): :math:`\alpha = 0.99` (``alpha_teacher``), :math:`\tau = 0.968`,
-:math:`w_u = 1` (``consistency_weight``), ``color_jitter`` and ``blur`` on, ``flip`` off.
+``configs/configUDA.json``: 512x512 crops, ``"input_size": "512,512"``): :math:`\alpha = 0.99`
+(``alpha_teacher``), :math:`\tau = 0.968`, :math:`w_u = 1` (``consistency_weight``),
+``color_jitter`` and ``blur`` on (the jitter applied when a uniform draw exceeds 0.2, the blur
+when it exceeds 0.5), ``flip`` off.
 Departures: the jitter follows torchvision's definitions of the four factors, applied in a fixed
-order (brightness, contrast, saturation, hue), with the hue rotated in YIQ space; the class
-choice leaves the ignore label out (the authors' code can draw it); with per-domain batch norm
-the mixed images use the *target* statistics, the source images the source ones. The class and
-augmentation draws use a ``torch.Generator`` on the training device, seeded in
-:meth:`DACS.setup` from the global RNG (so from the run's seed).
+order (brightness, contrast, saturation, hue), with the hue rotated in YIQ space; whether an
+image is jittered or blurred is drawn per image (the authors draw it once per step for the whole
+batch; the chance for each image is the same); the class choice leaves the ignore label out (the
+authors' code can draw it); with per-domain batch norm the mixed images use the *target*
+statistics, the source images the source ones. The class and augmentation draws use a
+``torch.Generator`` on the training device, seeded in :meth:`DACS.setup` from the global RNG (so
+from the run's seed).
 
 Shapes: ``xs``, ``xt`` (B, 3, H, W) uint8; ``ys`` (B, H, W) uint8; mask (B, H, W) bool; logits
 (B, K, H, W); :func:`strong_augment` maps (B, 3, H, W) floats in [0, 1] to the same.
@@ -50,6 +63,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..data.pixel_scale import scale_length, shorter_side
 from ..models.batchnorm import bn_domain
 from ..models.nets import to_unit_float
 from ..tasks import IGNORE, accuracy, task_loss
@@ -133,12 +147,22 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return out.reshape(b, c, h, w)
 
 
+#: the side of the square crops that DACS's and DAFormer's pixel sizes were chosen for (configUDA.json)
+AUTHORS_CROP = 512
+
+
 def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, strength: float = 0.25,
-                   jitter_p: float = 0.8, blur_p: float = 0.5, sigma=(0.15, 1.15)) -> torch.Tensor:
+                   jitter_p: float = 0.8, blur_p: float = 0.5, sigma=(0.15, 1.15),
+                   sigma_side: float | None = AUTHORS_CROP) -> torch.Tensor:
     """DACS's augmentation of the mixed images: per image, :func:`colour_jitter` with probability
     ``jitter_p`` (factors drawn in ``1 +- strength``, hue in ``+- strength`` turns), then
-    :func:`gaussian_blur` with probability ``blur_p`` (sigma uniform in ``sigma``). (B, 3, H, W)
-    floats in [0, 1] -> the same; every draw comes from ``generator``."""
+    :func:`gaussian_blur` with probability ``blur_p``, sigma uniform in ``sigma``. ``sigma`` is in
+    pixels of images whose shorter side is ``sigma_side`` and is scaled to ``x``'s shorter side
+    (:func:`dalab.data.pixel_scale.scale_length`); ``sigma_side=None`` takes it in pixels of ``x``.
+    (B, 3, H, W) floats in [0, 1] -> the same; every draw comes from ``generator``."""
+    if sigma_side is not None:
+        side = shorter_side(x.shape)
+        sigma = tuple(scale_length(s, sigma_side, side) for s in sigma)
     with torch.autocast(x.device.type, enabled=False):  # the augmentation is data, kept in float32
         return _strong_augment(x.float(), generator, strength, jitter_p, blur_p, sigma)
 
@@ -178,6 +202,13 @@ class DACS(Method):
 
     name = "dacs"
     tasks = ("segmentation",)
+    #: 2: the blur's sigma is scaled to the image (0.15-1.15 px at 512-px crops)
+    version = 3
+    # the augmentation of the mixed images (vikolss/DACS utils/transformsgpu.py); sigma in pixels of 512-px crops
+    jitter_strength = 0.25
+    jitter_p = 0.8
+    blur_p = 0.5
+    blur_sigma = (0.15, 1.15)
 
     def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0, augment: bool = True):
         super().__init__()
@@ -190,6 +221,19 @@ class DACS(Method):
         self.teacher: torch.nn.Module | None = None
         self._gen: torch.Generator | None = None
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+
+    def augment_args(self) -> dict:
+        """Keyword arguments of :func:`strong_augment` for this method's augmentation."""
+        return {"strength": self.jitter_strength, "jitter_p": self.jitter_p, "blur_p": self.blur_p,
+                "sigma": self.blur_sigma, "sigma_side": AUTHORS_CROP}
+
+    def describe(self) -> dict:
+        d = super().describe()
+        if self.augment:
+            d.update(jitter_strength=self.jitter_strength, jitter_p=self.jitter_p, blur_p=self.blur_p,
+                     blur_sigma=(f"U({self.blur_sigma[0]}, {self.blur_sigma[1]}) px at {AUTHORS_CROP}-px crops, "
+                                 "scaled with the image's shorter side"))
+        return d
 
     def setup(self, model, device) -> None:
         self.teacher = make_teacher(model)
@@ -207,6 +251,11 @@ class DACS(Method):
                 conf, pseudo = F.softmax(self.teacher(xt).float(), 1).max(1)
             return pseudo.to(torch.uint8), (conf >= self.threshold).float().mean()
 
+    def target_weight(self, confident: torch.Tensor, shape) -> torch.Tensor:
+        """The weight of the target (pseudo-labelled) pixels of the mixed images: DACS's one scalar,
+        the fraction of confident teacher pixels; a subclass may return a (B, H, W) map."""
+        return confident
+
     def mix_loss(self, model, batch: Batch, pseudo: torch.Tensor, confident: torch.Tensor):
         """Source cross-entropy plus ``weight`` times the loss on the class-mixed images."""
         with torch.no_grad():
@@ -214,10 +263,11 @@ class DACS(Method):
                                         lambda ys: random_class_mask(ys, self._gen))
             xs = batch.xs
             if self.augment:
-                xs, x_mix = to_unit_float(xs), strong_augment(to_unit_float(x_mix), self._gen)
+                xs, x_mix = to_unit_float(xs), strong_augment(to_unit_float(x_mix), self._gen, **self.augment_args())
+            w_t = self.target_weight(confident, pseudo.shape)
         ls, lm = logits_per_domain(model, xs, x_mix)
         task = task_loss(ls, batch.ys)
-        mix = mixed_loss(lm, y_mix, m, confident)
+        mix = mixed_loss(lm, y_mix, m, w_t)
         return task + self.weight * mix, {"task_loss": task.detach(), "mix_loss": mix.detach(),
                                           "confident_frac": confident, "mix_frac": m.float().mean(),
                                           "train_acc": accuracy(ls.detach(), batch.ys)}

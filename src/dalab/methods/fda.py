@@ -31,17 +31,26 @@ Shapes: ``xs``, ``xt`` (B, 3, H, W) uint8 -> stylised source (B, 3, H, W) float 
 network -> logits (B, K, H, W). Source image *i* takes its style from target image *i* of the batch.
 
 Defaults and their sources (YanchaoYang/FDA, README and ``options/train_options.py``):
-``lambda_ent = 0.005`` (``--entW``), ``eta = 2.0`` (``--ita``), entropy from the first step
-(``--switch2entropy=0`` in the README's single-beta command); ``eps = 0.001`` as in the paper's
-Charbonnier penalty (the authors' code adds 1e-8, i.e. eps = 1e-4; the difference is negligible).
-The code normalises the entropy by log 19 (``/ 2.9444``), here by log K.
+``beta = 0.01`` (``--LB=0.01``, the README's single-beta command), ``lambda_ent = 0.005``
+(``--entW``), ``eta = 2.0`` (``--ita``), entropy from the first step (``--switch2entropy=0`` in
+the same command); ``eps = 0.001`` as in the paper's Charbonnier penalty (the authors' code adds
+1e-8, i.e. eps = 1e-4; the difference is negligible). The code normalises the entropy by log 19
+(``/ 2.9444``), here by log K.
 
-``beta = 0.09`` rather than the paper's 0.01: the paper's 0.01 is used on 1024 x 512 crops,
-where :math:`b = \lfloor 0.01 \cdot 512 \rfloor = 5`; on our ~64 x 128 images 0.01 gives
-:math:`b = 0`, no transfer at all. :math:`b` counts cycles per image, so keeping :math:`b = 5`
-keeps the same spatial scale of what is swapped: :math:`\lfloor 0.09 \cdot 64 \rfloor = 5`, and
-0.09 is itself one of the paper's three published betas (0.01, 0.05, 0.09, its multi-band
-ensemble).
+**Pixel sizes follow the image** (:mod:`dalab.data.pixel_scale`). The paper's window
+:math:`b = \lfloor \beta \min(H, W) \rfloor` is a fraction of the image *in frequency*, which
+makes its cut-off a fixed *length in pixels*: the swapped amplitudes are those of structures with
+a period of at least :math:`\min(H, W) / b \approx 1/\beta` pixels, 100 px for :math:`\beta = 0.01`,
+on the authors' 1024x512 crops (``crop_size=image_sizes['cityscapes']`` = (1024, 512) in
+``data/__init__.py``; :math:`b = \lfloor 0.01 \cdot 512 \rfloor = 5`). dalab scales that period
+with the image's shorter side like every other pixel size,
+:math:`P = \frac{1}{\beta} \cdot \frac{\min(H, W)}{512}`, and swaps
+:math:`b = \lfloor \min(H, W) / P \rfloor = \lfloor 512\,\beta \rfloor` cycles per image: 5 at
+any image size for :math:`\beta = 0.01`, the same share of the spectrum as the authors'. (dalab
+0.8 used :math:`\beta = 0.09` of the image itself, chosen for 64-px images to give :math:`b = 5`;
+on the 48x96 scenes it gave :math:`b = 4`.) :func:`fda_source_to_target` keeps the paper's
+formula (``beta`` a fraction of the image it is given, or the window ``half_side`` itself);
+:class:`FDA` passes it the window of :func:`window_half_side`.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..data.pixel_scale import scale_length
 from ..models.nets import to_unit_float
 from ..tasks import accuracy, task_loss
 from .base import Batch, Method
@@ -67,17 +77,33 @@ def low_frequency_window(h: int, w: int, b: int, device=None) -> torch.Tensor:
     return ky[:, None] & kx[None, :]
 
 
-def fda_source_to_target(xs: torch.Tensor, xt: torch.Tensor, beta: float, clip: bool = True) -> torch.Tensor:
+#: the shorter side of the crops FDA's beta was published for (1024x512)
+AUTHORS_SIDE = 512
+
+
+def window_half_side(beta: float, side: int, ref_side: float = AUTHORS_SIDE) -> int:
+    """The window's half-side b (cycles per image) for an image of shorter side ``side``: the
+    cut-off period ``1 / beta`` px at shorter side ``ref_side`` scaled to ``side`` by the pixel rule,
+    ``b = floor(side / period)`` (= ``floor(beta * ref_side)``); 0 for ``beta = 0``."""
+    if beta <= 0:
+        return 0
+    period = scale_length(1.0 / beta, ref_side, side)
+    return math.floor(side / period + 1e-9)
+
+
+def fda_source_to_target(xs: torch.Tensor, xt: torch.Tensor, beta: float, clip: bool = True,
+                         half_side: int | None = None) -> torch.Tensor:
     """Source images with the low-frequency amplitude of target images (see the module docstring).
 
     ``xs`` (B, C, H, W) and ``xt`` (Bt, C, H, W), uint8 or float on the 0..255 scale; source image
     *i* takes target image ``i % Bt``. Returns float32 (B, C, H, W) on the 0..255 scale, clipped to
-    [0, 255] unless ``clip=False``. ``beta`` is a fraction of ``min(H, W)``.
+    [0, 255] unless ``clip=False``. ``beta`` is a fraction of ``min(H, W)`` (the paper's formula);
+    ``half_side``, when given, is the window's half-side b itself and ``beta`` is not used.
     """
     if xs.shape[-2:] != xt.shape[-2:] or xs.shape[1] != xt.shape[1]:
         raise ValueError(f"source {tuple(xs.shape)} and target {tuple(xt.shape)} images differ in size")
     h, w = xs.shape[-2:]
-    b = math.floor(beta * min(h, w))
+    b = math.floor(beta * min(h, w)) if half_side is None else int(half_side)
     xs = xs.float()
     if b <= 0:
         return xs.clone()
@@ -100,8 +126,10 @@ class FDA(Method):
 
     name = "fda"
     tasks = ("segmentation",)
+    #: 2: beta is read at the authors' 512-px crops and the window scaled to the image (was 0.09 of the image)
+    version = 2
 
-    def __init__(self, beta: float = 0.09, lambda_ent: float = 0.005, eta: float = 2.0, eps: float = 1e-3):
+    def __init__(self, beta: float = 0.01, lambda_ent: float = 0.005, eta: float = 2.0, eps: float = 1e-3):
         super().__init__()
         if not 0.0 <= float(beta) <= 0.5:
             raise ValueError(f"beta must be in [0, 0.5], got {beta}")
@@ -110,11 +138,17 @@ class FDA(Method):
         self.eta = float(eta)
         self.eps = float(eps)
 
+    def describe(self) -> dict:
+        return {**super().describe(), "beta_at": f"{AUTHORS_SIDE}-px crops: the window is floor({AUTHORS_SIDE} beta) "
+                                                 "cycles per image at any image size"}
+
     def loss(self, model, batch: Batch):
         with torch.no_grad():
-            xs = fda_source_to_target(batch.xs, batch.xt, self.beta) / 255.0
+            b = window_half_side(self.beta, min(batch.xs.shape[-2:]))
+            xs = fda_source_to_target(batch.xs, batch.xt, self.beta, half_side=b) / 255.0
         ls, lt = logits_per_domain(model, xs, to_unit_float(batch.xt))
         task = task_loss(ls, batch.ys)
         ent = charbonnier_entropy(lt, self.eta, self.eps)
         return task + self.lambda_ent * ent, {"task_loss": task.detach(), "ent_loss": ent.detach(),
+                                              "fda_window": torch.tensor(float(b)),
                                               "train_acc": accuracy(ls.detach(), batch.ys)}

@@ -18,9 +18,16 @@ The masked image is augmented first (jitter and blur, its own draw; MIC's ``sepa
 unless ``augment=False``. Masked pixels take the image's mean colour: MIC zeroes them after
 mean subtraction, i.e. sets them to the dataset's mean colour.
 
-Defaults and their sources (lhoyer/MIC, GTA5 -> Cityscapes configs): :math:`r = 0.7`
-(``mask_ratio``), :math:`\lambda_M = 1` (``mask_lambda``), blocks of 64 px on 512 px crops, here
-``block = 1/8`` of the image's shorter side (6 px at 48x96). Departures: MIC's published runs sit
+**Pixel sizes follow the image** (:mod:`dalab.data.pixel_scale`): the block side :math:`b` is
+given in pixels of the authors' 512-px crops and scaled with the image's shorter side,
+:math:`b = \max(1, \mathrm{round}(32 \cdot \min(H, W) / 512))`: 32 px at 512x512, 3 px on the
+48x96 scenes; on a 512-px side that is a 16 x 16 grid of blocks, as MIC's.
+
+Defaults and their sources (lhoyer/MIC): :math:`r = 0.7` (``mask_ratio``), :math:`\lambda_M = 1`
+(``mask_lambda``) (``seg/configs/mic/gtaHR2csHR_mic_hrda.py``); blocks of 32 px on DAFormer's
+512x512 crops (``seg/experiments.py``: ``mask_block_size = 32``, "use half the patch size when
+training with half resolution"; HRDA's 1024x1024 crops use 64). dalab 0.8 quoted "64 px on 512 px
+crops" and used 1/8 of the shorter side, twice MIC's block. Departures: MIC's published runs sit
 on DAFormer (a transformer, rare-class sampling, feature distance, EMA 0.999); this module keeps
 dalab's DACS underneath (EMA 0.99) and adds only the masked term.
 
@@ -31,11 +38,12 @@ from __future__ import annotations
 
 import torch
 
+from ..data.pixel_scale import scale_length_int, shorter_side
 from ..models.batchnorm import bn_domain
 from ..models.nets import to_unit_float
 from ..tasks import task_loss
 from .base import Batch
-from .dacs import DACS, strong_augment
+from .dacs import AUTHORS_CROP, DACS, strong_augment
 
 
 def block_mask(shape: tuple[int, int, int], block: int, ratio: float,
@@ -58,15 +66,24 @@ class MIC(DACS):
 
     name = "mic"
     tasks = ("segmentation",)
+    #: 2: blocks of 32 px on 512-px crops, scaled to the image (was 1/8 of the shorter side);
+    #: the blur of DACS underneath is scaled too
+    version = 3
 
     def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0, augment: bool = True,
-                 mask_ratio: float = 0.7, block: float = 0.125, mask_weight: float = 1.0):
+                 mask_ratio: float = 0.7, mask_block: float = 32.0, mask_weight: float = 1.0):
         super().__init__(ema=ema, threshold=threshold, weight=weight, augment=augment)
         if not 0.0 <= float(mask_ratio) < 1.0:
             raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-        if not 0.0 < float(block) <= 1.0:
-            raise ValueError(f"block must be a fraction of the image's shorter side in (0, 1], got {block}")
-        self.mask_ratio, self.block, self.mask_weight = float(mask_ratio), float(block), float(mask_weight)
+        if not float(mask_block) >= 1.0:
+            raise ValueError(f"mask_block is the block side in pixels of {AUTHORS_CROP}-px crops (MIC's 32), "
+                             f"at least 1, got {mask_block}")
+        self.mask_ratio, self.mask_block, self.mask_weight = float(mask_ratio), float(mask_block), float(mask_weight)
+
+    def block_size(self, shape) -> int:
+        """The block side in pixels for images of ``shape`` (..., H, W): ``mask_block`` scaled from
+        512-px crops to the shorter side, rounded, at least 1."""
+        return scale_length_int(self.mask_block, AUTHORS_CROP, shorter_side(shape))
 
     def loss(self, model, batch: Batch):
         pseudo, confident = self.pseudo_labels(batch.xt, model.training)
@@ -74,9 +91,9 @@ class MIC(DACS):
         with torch.no_grad():
             x = to_unit_float(batch.xt)
             if self.augment:
-                x = strong_augment(x, self._gen)
+                x = strong_augment(x, self._gen, **self.augment_args())
             b, _, h, w = x.shape
-            keep = block_mask((b, h, w), max(1, round(self.block * min(h, w))), self.mask_ratio, self._gen, x.device)
+            keep = block_mask((b, h, w), self.block_size(x.shape), self.mask_ratio, self._gen, x.device)
             x = mask_images(x, keep)
         with bn_domain(model, "target"):
             masked = confident * task_loss(model(x), pseudo, reduction="none").mean()
