@@ -13,6 +13,7 @@ from ..models.nets import ARCHS, INPUT_NORMS
 from ..tasks import get_task, headline, miou_over
 from ..training import TrainConfig, Trainer, load_model, resolve_device
 from ..training.config import TASK_RECIPES
+from ..training.schedules import SCHEDULES
 from ..training.checkpoint import CKPT_FORMAT, load_checked
 from ..training.distributed import env_dist_info
 from .common import (DEVICE_HELP, HelpFormatter, add_data_dir, fmt_acc, nonneg_float, nonneg_int,
@@ -57,13 +58,21 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="initial learning rate (default 0.01 for sgd, 0.001 for adam)")
     p.add_argument("--adam-beta1", type=nonneg_float, default=d.adam_beta1,
                    help="with --optimizer adam: first-moment decay (Shu et al. 2018 use 0.5)")
-    p.add_argument("--lr-schedule", choices=["ganin", "constant"], default=d.lr_schedule,
-                   help="ganin: lr / (1 + 10 p)^0.75")
+    p.add_argument("--lr-schedule", choices=list(SCHEDULES), default=None,
+                   help="ganin: lr / (1 + 10 p)^0.75; inv: lr (1 + 0.001 step)^-0.75 (the photo recipe's); constant "
+                        f"(default {d.lr_schedule}; photos with --backbone: inv)")
+    p.add_argument("--warmup", type=fraction, default=None, metavar="FRACTION",
+                   help="linear learning-rate warm-up over this fraction of the run (default: the method's recipe, "
+                        "e.g. daformer 0.0375, else 0)")
+    p.add_argument("--rare-class-sampling", action=argparse.BooleanOptionalAction, default=None,
+                   help="segmentation: draw source images by class, rare classes more often (DAFormer; default: the "
+                        "method's recipe, e.g. on for daformer, else off)")
     p.add_argument("--lambda-max", type=nonneg_float, default=d.lambda_max, help="GRL strength")
     p.add_argument("--lambda-schedule", choices=["ganin", "constant"], default=d.lambda_schedule,
                    help="ganin: lambda_max * (2 / (1 + exp(-gamma p)) - 1)")
     p.add_argument("--gamma", type=nonneg_float, default=d.gamma, help="steepness of the ganin lambda ramp")
-    p.add_argument("--weight-decay", type=nonneg_float, default=d.weight_decay)
+    p.add_argument("--weight-decay", type=nonneg_float, default=None,
+                   help=f"default {d.weight_decay}; photos with --backbone: 0.001")
     p.add_argument("--arch", choices=ARCHS, default=d.arch,
                    help="network: ganin (Ganin's MNIST net) or conv9 (Shu et al. 2018's 9-conv digit net, the domain "
                         "classifier on its second block, ~22x the compute; for a GPU)")
@@ -90,6 +99,19 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help="evaluate and save an exponential moving average of the weights (e.g. 0.999; 0 = off)")
     p.add_argument("--method-arg", dest="method_args", action="append", default=None, metavar="KEY=VALUE",
                    type=method_arg, help="a method hyper-parameter, repeatable (e.g. --method-arg beta=0.01)")
+    p.add_argument("--backbone", default=None, metavar="NAME",
+                   help="photos: a torchvision or timm model (e.g. resnet50, timm:convnext_tiny) with the usual "
+                        "fine-tuning head; optional extras: pip install torchvision / timm")
+    p.add_argument("--pretrained", action="store_true",
+                   help="with --backbone: that library's ImageNet weights (downloaded on this machine)")
+    p.add_argument("--init", dest="backbone_init", default=None, metavar="PATH",
+                   help="with --backbone: start the backbone from your own state dict file")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="S",
+                   help="photos read from files: the side of the training crops and evaluation centre crops "
+                        "(default 224; a folder of small images is held in memory at 28 instead)")
+    p.add_argument("--strict-files", action="store_true",
+                   help="photos read from files: an unreadable file is an error before training (default: skipped, "
+                        "counted and listed in OUT/data_check.log)")
     p.add_argument("--crop", dest="crop_size", type=hw_pair, default=None, metavar="HxW",
                    help="domains read from files (gta5:, cityscapes:, synthia:PATH): training crop, e.g. 512x512")
     p.add_argument("--resize", choices=["base", "native"], default=d.resize,
@@ -101,6 +123,14 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--workers", type=nonneg_int, default=d.workers,
                    help="domains read from files: DataLoader worker processes per domain")
     add_data_dir(p)
+
+
+def fraction(s: str) -> float:
+    """A number in [0, 1)."""
+    v = nonneg_float(s)
+    if v >= 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1), got {v}")
+    return v
 
 
 def hw_pair(s: str) -> list[int]:
@@ -130,26 +160,39 @@ def _epochs(args) -> int:
 
 
 def _recipe(args) -> dict:
-    """The defaults of the source domain's task (TASK_RECIPES), for flags not given."""
+    """The defaults of the source domain's task (``Task.recipe``), and of fine-tuning a backbone on photos
+    (``backbone_recipe``) with ``--backbone``, for the flags not given."""
     from ..data.domains import domain_task
 
-    return TASK_RECIPES.get(domain_task(args.source), {})
+    task = get_task(domain_task(args.source))
+    recipe = dict(task.recipe)
+    if getattr(args, "backbone", None):
+        recipe.update(getattr(task, "backbone_recipe", {}))
+    return recipe
 
 
 def config_from_args(args) -> TrainConfig:
     d, r = TrainConfig(), _recipe(args)
+
+    def pick(name: str):  # the flag, else the recipe, else TrainConfig's default
+        v = getattr(args, name, None)
+        return v if v is not None else r.get(name, getattr(d, name))
+
     return TrainConfig(
         method=args.method, source=args.source, target=args.target, epochs=_epochs(args), seed=args.seed,
-        batch_size=args.batch_size if args.batch_size is not None else r.get("batch_size", d.batch_size),
-        optimizer=args.optimizer if args.optimizer is not None else r.get("optimizer", d.optimizer), lr=args.lr, lr_schedule=args.lr_schedule,
+        batch_size=pick("batch_size"), optimizer=pick("optimizer"), lr=pick("lr"), lr_schedule=pick("lr_schedule"),
+        momentum=pick("momentum"), weight_decay=pick("weight_decay"),
+        warmup=args.warmup, rare_class_sampling=args.rare_class_sampling,
         adam_beta1=args.adam_beta1,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,
-        weight_decay=args.weight_decay, arch=args.arch, batch_norm=args.batch_norm, input_norm=args.input_norm,
+        arch=args.arch, batch_norm=args.batch_norm, input_norm=args.input_norm,
         bn_stats=args.bn_stats, bn_calibration=args.bn_calibration, precision=args.precision,
         channels_last=args.channels_last, device=args.device, limit_train=args.limit_train,
         limit_eval=args.limit_eval, eval_every=args.eval_every, data_dir=args.data_dir,
         init_from=args.init_from, ema_decay=args.ema_decay, crop_size=args.crop_size, eval_size=args.eval_size,
-        workers=args.workers, resize=args.resize, method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
+        workers=args.workers, resize=args.resize, backbone=args.backbone, pretrained=args.pretrained,
+        backbone_init=args.backbone_init, image_size=args.image_size, strict_files=args.strict_files,
+        method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
 
 
 def method_arg(s: str) -> tuple[str, object]:
@@ -274,11 +317,13 @@ def run_evaluate(args) -> int:
                          f"{args.domain} a {task.name} domain")
     split = domain[args.split]
     if getattr(split, "streamed", False):  # read from files (cityscapes:PATH): scored batch by batch
-        # the input size the run evaluated at (its model.pt says), unless --eval-size asks for another
-        size = args.eval_size or config.get("eval_size") or "base"
-        batches = split.loader(2, False, workers=args.workers, size=size)
+        # fed as the run evaluated (its model.pt says: input size, crops), unless --eval-size asks for another size
+        opts = task.eval_options(args.eval_size or config.get("eval_size"), config.get("image_size"))
+        batches = split.loader(2, False, workers=args.workers, **opts)
+        size = opts.get("size") or opts.get("image_size")
         shown = {"base": "the dataset's base size", "native": "full size"}.get(size) if isinstance(size, str) else None
-        where = f"input {shown or 'x'.join(map(str, size))}, labels at full size"
+        where = (f"input {shown or 'x'.join(map(str, size))}, labels at full size" if task.dense
+                 else f"centre crops of {size}x{size}")
     else:
         x, y = split.tensors(device)
         batches = ((x[i:i + task.eval_batch], y[i:i + task.eval_batch]) for i in range(0, len(x), task.eval_batch))

@@ -56,8 +56,8 @@ def load_domain(name: str, root=None, **options) -> Domain:
     ``synthia:PATH`` (the real segmentation datasets, streamed from their files, see
     ``data/seg_real.py``), and the photo benchmarks ``office31:PATH``, ``officehome:PATH``,
     ``visda:PATH``, ``domainnet:PATH`` and ``imagelist:LIST`` (see ``data/photo_layouts.py``).
-    ``options`` go to a prefix's loader (the photo loaders take ``strict``, ``progress`` and, for
-    ``folder:``, ``image_size``); registered domains take none.
+    ``options`` go to a prefix's loader (``progress``; the photo loaders also take ``strict`` and, for
+    ``folder:``, ``image_size``; a kind ignores the ones it has no use for); registered domains take none.
     """
     root = data_dir(root)
     kind, sep, _ = name.partition(":")
@@ -69,9 +69,10 @@ def load_domain(name: str, root=None, **options) -> Domain:
     return REGISTRY[name].load(root)
 
 
-def _load_seg(name: str, root: Path, progress: bool | None = None) -> Domain:
+def _load_seg(name: str, root: Path, progress: bool | None = None, **other) -> Domain:
     """Read from the dataset's own files; every file's header is checked first (cached in ``root``), with a
-    progress bar on stderr (``progress`` None: when stderr is a terminal)."""
+    progress bar on stderr (``progress`` None: when stderr is a terminal). Options of photo kinds
+    (``image_size``, ``strict``) do not apply and are ignored."""
     from .seg_real import load_seg_domain  # imports torch: loaded on first use
 
     return load_seg_domain(name, cache_dir=root, progress=progress)

@@ -700,21 +700,22 @@ class SegFiles(Dataset):
         return fed, native if self.score_at == "full" else fed
 
     def __getitem__(self, key):
-        index, epoch = key if isinstance(key, tuple) else (key, self.epoch)
+        # (index, epoch), or (index, epoch, class) from rare-class sampling: the crop must show that class
+        index, epoch, cls = (*key, None)[:3] if isinstance(key, tuple) else (key, self.epoch, None)
         image_path, label_path = self.pairs[index]
         if self.labels:
             img, lab = read_pair(image_path, label_path, label_format=self.label_format)
         else:
             img, lab = read_image(image_path), None
         if self.train:
-            img, lab = self._augment(img, lab, np.random.default_rng([self.seed, epoch, index]))
+            img, lab = self._augment(img, lab, np.random.default_rng([self.seed, epoch, index]), cls)
         elif self.size is not None:
             img, lab = _resize(img, lab, self.size, label_too=self.score_at == "input")
         x = np.asarray(img, np.uint8).transpose(2, 0, 1)
         y = _no_label() if lab is None else torch.from_numpy(np.require(lab, requirements=["C", "W"]))
         return torch.from_numpy(np.require(x, requirements=["C", "W"])), y
 
-    def _augment(self, img: Image.Image, lab: np.ndarray | None, rng: np.random.Generator):
+    def _augment(self, img: Image.Image, lab: np.ndarray | None, rng: np.random.Generator, cls: int | None = None):
         h, w = self.size or (img.height, img.width)
         s = rng.uniform(*self.scale) if self.scale else 1.0
         img, lab = _resize(img, lab, (max(1, round(h * s)), max(1, round(w * s))))
@@ -726,11 +727,16 @@ class SegFiles(Dataset):
                 a = np.pad(a, ((0, ph), (0, pw), (0, 0)), constant_values=0)
                 if lab is not None:
                     lab = np.pad(lab, ((0, ph), (0, pw)), constant_values=IGNORE)
-            y0 = int(rng.integers(0, a.shape[0] - ch + 1))
-            x0 = int(rng.integers(0, a.shape[1] - cw + 1))
-            a = a[y0:y0 + ch, x0:x0 + cw]
-            if lab is not None:
-                lab = lab[y0:y0 + ch, x0:x0 + cw]
+            if cls is not None and lab is not None:  # rare-class sampling: re-crop until the class is in the crop
+                from .rcs import crop_with_class, min_crop_pixels
+
+                a, lab = crop_with_class(a, lab, (ch, cw), cls, min_crop_pixels((ch, cw)), rng)
+            else:
+                y0 = int(rng.integers(0, a.shape[0] - ch + 1))
+                x0 = int(rng.integers(0, a.shape[1] - cw + 1))
+                a = a[y0:y0 + ch, x0:x0 + cw]
+                if lab is not None:
+                    lab = lab[y0:y0 + ch, x0:x0 + cw]
         if self.flip and rng.random() < 0.5:
             a = a[:, ::-1]
             if lab is not None:
@@ -783,6 +789,18 @@ class StreamSplit(FileSplit):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def class_counts(self, limit: int | None = None, cache_dir=None, progress: bool | None = None):
+        """Each class's pixels in each of the first ``limit`` label files (for rare-class sampling:
+        :func:`dalab.data.rcs.count_class_pixels_files`, read once and cached in ``cache_dir``)."""
+        from .rcs import count_class_pixels_files
+
+        if not self.labelled:
+            raise DataError(f"{self.name}: has no labels, so its classes cannot be counted")
+        pairs = self.pairs if limit is None else self.pairs[:max(int(limit), 0)]
+        return count_class_pixels_files([lab for _, lab in pairs], NUM_CLASSES, LABEL_READERS[self.label_format],
+                                        self.label_format, cache_dir=cache_dir,
+                                        progress=True if progress is None else progress)
+
     def _labels(self, labels: bool | None, train: bool) -> bool:
         if labels is None:  # scoring needs labels; training reads them where there are some
             labels = self.labelled if train else True
@@ -828,7 +846,7 @@ class StreamSplit(FileSplit):
     def loader(self, batch_size: int, train: bool, workers: int = 2, seed: int = 0, rank: int = 0,
                world_size: int = 1, crop=None, scale=(0.5, 1.5), flip: bool = True, size="base",
                score_at: str = "full", limit: int | None = None, pin_memory: bool | None = None,
-               labels: bool | None = None) -> StreamLoader:
+               labels: bool | None = None, sampler=None) -> StreamLoader:
         """A :class:`~dalab.data.streaming.StreamLoader` of (images (B, 3, H, W) uint8, labels
         (B, H, W) uint8) batches over this split (labels (B, 0, 0) with ``labels=False``).
 
@@ -838,10 +856,11 @@ class StreamSplit(FileSplit):
         item once over the ranks, in batches of one (input size, label size)
         (:class:`~dalab.data.streaming.SizeGroupedBatches`; no padding, so reduce the confusion
         matrices after the loop). ``size``, ``labels``: see :meth:`dataset`. ``pin_memory``
-        defaults to whether CUDA is available.
+        defaults to whether CUDA is available. ``sampler``: training items drawn by it instead (e.g.
+        rare-class sampling, :class:`~dalab.data.rcs.RareClassDataSampler`).
         """
         return super().loader(batch_size, train, workers=workers, seed=seed, rank=rank, world_size=world_size,
-                              pin_memory=pin_memory, crop=crop, scale=scale, flip=flip, size=size,
+                              pin_memory=pin_memory, sampler=sampler, crop=crop, scale=scale, flip=flip, size=size,
                               score_at=score_at, limit=limit, labels=labels)
 
 

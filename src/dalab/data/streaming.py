@@ -151,7 +151,8 @@ class Epoched(Sampler):
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
         for batch in itertools.islice(self._batches(), skip, None):
-            yield [(int(i), epoch) for i in batch]
+            # an item sampler may tag its items itself, (index, epoch, extra...): e.g. rare-class sampling's class
+            yield [(int(i), epoch) if not isinstance(i, tuple) else (int(i[0]), epoch, *i[2:]) for i in batch]
 
     def __len__(self) -> int:
         n = len(self.base)
@@ -287,11 +288,13 @@ class FileSplit:
         """Refuse a training set-up before anything is read (e.g. a crop larger than the images)."""
 
     def loader(self, batch_size: int, train: bool, workers: int = 2, seed: int = 0, rank: int = 0,
-               world_size: int = 1, pin_memory: bool | None = None, **dataset_args) -> StreamLoader:
+               world_size: int = 1, pin_memory: bool | None = None, sampler: Sampler | None = None,
+               **dataset_args) -> StreamLoader:
         """A :class:`StreamLoader` over ``self.dataset(train, seed=seed, **dataset_args)``.
 
         Training: shuffled (``DistributedSampler(shuffle=True, seed, drop_last=True)`` over
-        ``world_size`` ranks, else :class:`SeededShuffle`), full batches only. Evaluation:
+        ``world_size`` ranks, else :class:`SeededShuffle`), or drawn by ``sampler`` (this rank's
+        items, e.g. :class:`~dalab.data.rcs.RareClassDataSampler`), full batches only. Evaluation:
         :class:`SizeGroupedBatches` over :meth:`batch_keys`: every item once over all ranks, a
         batch never mixes keys. ``pin_memory`` defaults to whether CUDA is available.
         """
@@ -305,8 +308,9 @@ class FileSplit:
         data = self.dataset(train, seed=seed, **dataset_args)
         if train:
             self.check_training(data, batch_size)
-            base = (DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                       drop_last=True) if world_size > 1 else SeededShuffle(data, seed))
+            base = sampler if sampler is not None else (
+                DistributedSampler(data, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+                if world_size > 1 else SeededShuffle(data, seed))
             if len(base) < batch_size:
                 raise DataError(f"{self.name}: {len(base)} images per rank, fewer than one batch of "
                                 f"{batch_size} (training keeps full batches only)")

@@ -43,18 +43,22 @@ def find_candidates(root: str | Path) -> list[Path]:
 STREAMED_LIMIT = 100  # images per split read from files (each is large), unless --limit asks for fewer
 
 
-def _batches(cache: dict, name: str, split: str, data_dir, limit: int | None, device, eval_size=None,
+def _batches(cache: dict, name: str, split: str, data_dir, limit: int | None, device, opts: dict,
              labels: bool = True) -> list:
     """The (images, labels) batches of a split, read once per selection (cached): a resident split in
     batches of its task's evaluation size; a split read from files at the run's evaluation size, at most
     :data:`STREAMED_LIMIT` images (``labels`` False: their label files are not read)."""
-    key = (name, split, eval_size if isinstance(eval_size, str) or eval_size is None else tuple(eval_size), labels)
+    key = (name, split, repr(sorted(opts.items())), labels)
     if key not in cache:
         dom = load_domain(name, data_dir)
+        if split not in dom.splits:  # e.g. the photo benchmarks have no val split: validators that need it give nan
+            cache[key] = []
+            return cache[key]
         s = dom[split]
         if getattr(s, "streamed", False):
             n = min(limit or STREAMED_LIMIT, STREAMED_LIMIT)
-            cache[key] = list(s.loader(4, False, workers=0, size=eval_size, limit=n, labels=labels and s.labelled))
+            opts = {**opts, **({"labels": labels and s.labelled} if "labels" in opts else {})}
+            cache[key] = list(s.loader(4, False, workers=0, limit=n, **opts))
         else:
             x, y = s.tensors(device, limit)
             bs = get_task(dom.task).eval_batch
@@ -97,8 +101,10 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
     if bad:
         raise DalabError(f"validator {bad[0]} is not defined for {task.name} "
                          f"({task.name}: {', '.join(task.validators)})")
-    eval_size = config.get("eval_size") or ((summary or {}).get("config") or {}).get("eval_size") or "base"
-    get = (lambda name, split, labels=True: _batches(cache, name, split, data_dir, limit, device, eval_size, labels))
+    # fed as the run evaluated them (model.pt records the input size or the crops)
+    opts = task.eval_options(config.get("eval_size") or ((summary or {}).get("config") or {}).get("eval_size"),
+                             config.get("image_size"))
+    get = (lambda name, split, labels=True: _batches(cache, name, split, data_dir, limit, device, opts, labels))
     inputs = task.validator_inputs(
         model, source_val=get(source, "val"), source_train=get(source, "train") if "dev" in validators else [],
         target=[(x, None) for x, _ in get(target, target_split, labels=False)],  # never a target label

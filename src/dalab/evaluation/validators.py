@@ -172,8 +172,12 @@ def compute_validators(names, *, logits_t=None, feats_t=None, logits_sv=None, y_
     """Scores (higher is better) for each validator in ``names`` from precomputed outputs;
     ``source_score`` (e.g. a segmentation model's source val mIoU) is ``source-acc`` when given."""
     out = {}
+    needs = {"entropy": (logits_t,), "info-max": (logits_t,), "bnm": (logits_t,), "snd": (logits_t,),
+             "dev": (feats_s, feats_t, feats_sv, logits_sv, y_sv), "reverse": (feats_t, logits_t, feats_sv, y_sv)}
     for n in names:
-        if n == "source-acc":
+        if any(v is None or len(v) == 0 for v in needs.get(n, ())):  # a split it needs is missing (e.g. no source val)
+            out[n] = float("nan")
+        elif n == "source-acc":
             out[n] = (source_accuracy(logits_sv, y_sv) if logits_sv is not None
                       else float("nan") if source_score is None else source_score)
         elif n == "entropy":

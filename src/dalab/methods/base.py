@@ -51,6 +51,9 @@ class Method(nn.Module):
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     #: bumped when the method's behaviour changes, so that a benchmark does not reuse runs made before
     version: ClassVar[int] = 1
+    #: training options the method's published recipe sets (e.g. ``{"warmup": 0.0375}``): a run takes them
+    #: where the user leaves the setting to the method (TrainConfig's None)
+    recipe: ClassVar[dict] = {}
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError

@@ -16,12 +16,20 @@ import torch.nn.functional as F
 from ..errors import DalabError
 from .base import Task
 
+DEFAULT_IMAGE_SIZE = 224  # ImageNet's crop, the backbones' native input
+
 
 class Classification(Task):
     name = "classification"
     metric = "acc"
     metric_name = "accuracy"
     recipe: ClassVar[dict] = {}  # TrainConfig's defaults are the digits' recipe
+    #: fine-tuning a pretrained backbone on photos (``--backbone``), as TLlib's image-classification scripts
+    #: (examples/domain_adaptation/image_classification: SGD lr 0.01, momentum 0.9, weight decay 1e-3, the
+    #: inverse decay (1 + 0.001 step)^-0.75, batch 32; the backbone at 0.1x, models/backbones.py). TLlib trains
+    #: 20 x 1000 iterations; dalab's epoch is one pass over the source set, 20 of them by default.
+    backbone_recipe: ClassVar[dict] = {"optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-3,
+                                       "lr_schedule": "inv", "batch_size": 32, "epochs": 20}
     archs = ("ganin", "conv9")
     validators = ("source-acc", "entropy", "info-max", "bnm", "snd", "dev", "reverse")
     prediction_columns = ("path", "label", "confidence")
@@ -64,6 +72,15 @@ class Classification(Task):
         correct, n, unlabelled = counts.tolist()
         return {"acc": correct / n if n and not unlabelled else None, "n": n + unlabelled}
 
+    def train_options(self, cfg, labels: bool) -> dict:
+        """The options of a streamed photo split's training loader (:meth:`dalab.data.photos.PhotoSplit.loader`):
+        random resized crops of ``image_size`` (224 when not given)."""
+        return {"image_size": cfg.image_size or DEFAULT_IMAGE_SIZE}
+
+    def eval_options(self, eval_size=None, image_size=None, labels: bool = True) -> dict:
+        """An evaluation loader's options: centre crops of ``image_size`` (224 when not given)."""
+        return {"image_size": image_size or DEFAULT_IMAGE_SIZE}
+
     # ------------------------------------------------------------------ label-free selection
     def validator_inputs(self, model, *, source_val, source_train, target, needed, num_classes: int,
                          seed: int = 0) -> dict:
@@ -80,7 +97,10 @@ class Classification(Task):
 
         size = int((config.get("input") or [3, 28, 28])[-1])
         names = config.get("classes") or config.get("class_names")  # dalab <= 0.8 wrote neither; 0.8 "classes"
-        x, ok, bad = load_images(files, size)
+        if config.get("image_size"):  # trained on photos read from files: their evaluation transform
+            x, ok, bad = _photo_inputs(files, int(config["image_size"]))
+        else:  # resized to the (small) input, as the in-memory domains were
+            x, ok, bad = load_images(files, size)
         rows = []
         if len(ok):
             t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
@@ -101,6 +121,26 @@ class Classification(Task):
         from .figures import save_image_grid
 
         save_image_grid(split, path, n=n, seed=seed, title=title)
+
+
+def _photo_inputs(files, image_size: int):
+    """(images (N, S, S, 3) uint8, files read, [(file, error)]): each file resized and centre-cropped as the
+    evaluation of photo runs does (:func:`dalab.data.photo_transforms.eval_transform`)."""
+    import numpy as np
+
+    from ..data.images import decode_photo
+    from ..data.photo_transforms import eval_transform
+    from ..errors import DataError
+
+    xs, ok, bad = [], [], []
+    for f in files:
+        try:
+            xs.append(eval_transform(decode_photo(f), image_size).transpose(1, 2, 0))
+            ok.append(f)
+        except DataError as e:
+            bad.append((f, str(e)))
+    x = np.stack(xs) if xs else np.empty((0, image_size, image_size, 3), np.uint8)
+    return x, ok, bad
 
 
 @torch.inference_mode()

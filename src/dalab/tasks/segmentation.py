@@ -155,6 +155,18 @@ class Segmentation(Task):
             out["target_test_per_class_iou"] = None if scores is None else scores.get("per_class_iou")
         return out
 
+    def train_options(self, cfg, labels: bool) -> dict:
+        """The options of a streamed segmentation split's training loader
+        (:meth:`dalab.data.seg_real.StreamSplit.loader`): images at the dataset's base size (or as stored,
+        ``resize="native"``), random scale, ``crop_size`` crops and flips. ``labels`` False: no label file
+        is opened (a target trained without labels)."""
+        return {"crop": cfg.crop_size, "size": "native" if cfg.resize == "native" else "base", "labels": labels}
+
+    def eval_options(self, eval_size=None, image_size=None, labels: bool = True) -> dict:
+        """The options of an evaluation loader: images at ``eval_size`` (a size, ``"base"`` or ``"native"``;
+        default the dataset's base size), labels at full size."""
+        return {"size": eval_size or "base", "labels": labels}
+
     # ------------------------------------------------------------------ label-free selection
     def validator_inputs(self, model, *, source_val, source_train, target, needed, num_classes: int,
                          seed: int = 0, pixels: int = 20000) -> dict:

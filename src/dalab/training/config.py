@@ -30,7 +30,11 @@ class TrainConfig:
     adam_beta1: float = 0.9         # Adam's first-moment decay (Shu et al. 2018 use 0.5)
     weight_decay: float = 0.0
     lr_schedule: str = "ganin"      # ganin: lr0 / (1 + 10 p)^0.75 ; inv: lr0 (1 + 0.001 step)^-0.75 ; constant
-    warmup: float = 0.0             # linear learning-rate warm-up over this fraction of the run (0: none)
+    # linear learning-rate warm-up over this fraction of the run (0: none); None: the method's recipe (e.g. daformer's
+    # 1500 of 40,000 iterations), else none
+    warmup: float | None = None
+    # segmentation: draw source images by rare-class sampling (DAFormer; data/rcs.py); None: the method's recipe
+    rare_class_sampling: bool | None = None
     lambda_max: float = 1.0
     lambda_schedule: str = "ganin"  # ganin ramp with gamma, or constant
     gamma: float = 10.0
@@ -67,9 +71,26 @@ class TrainConfig:
     crop_size: list | None = None
     eval_size: list | None = None   # None: the size the training crops are cut from (see resize)
     workers: int = 2
+    # photos: a torchvision or timm backbone by name (models/backbones.py) with the fine-tuning head; its weights from
+    # that library (pretrained, downloaded on the user's machine) or from a state dict file (backbone_init)
+    backbone: str | None = None
+    pretrained: bool = False
+    backbone_init: str | None = None
+    image_size: int | None = None   # photos read from files: the training crop and evaluation size (None: 224)
+    strict_files: bool = False      # photos: an unreadable file is an error at the start instead of skipped
     # domains read from files: "base" resizes each dataset to its papers' size first (GTA5 1280x720, Cityscapes
     # 1024x512, SYNTHIA 1280x760; data/seg_real.py), "native" keeps each file's own size
     resize: str = "base"
+
+    def __post_init__(self) -> None:
+        """Settings left to the method (None) take its recipe's value (``Method.recipe``), else off."""
+        from ..methods import METHODS
+
+        recipe = getattr(METHODS.get(self.method), "recipe", None) or {}
+        if self.warmup is None:
+            self.warmup = float(recipe.get("warmup", 0.0))
+        if self.rare_class_sampling is None:
+            self.rare_class_sampling = bool(recipe.get("rare_class_sampling", False))
 
     def resolved_lr(self) -> float:
         return float(self.lr if self.lr is not None else DEFAULT_LR[self.optimizer])
@@ -102,6 +123,8 @@ class TrainConfig:
             bad(f"unknown optimizer {self.optimizer!r} (sgd, adam)")
         if self.lr_schedule not in SCHEDULES:
             bad(f"unknown lr schedule {self.lr_schedule!r} ({', '.join(SCHEDULES)})")
+        if not isinstance(self.rare_class_sampling, bool):
+            bad(f"rare_class_sampling must be true or false, got {self.rare_class_sampling!r}")
         if not (isinstance(self.warmup, (int, float)) and math.isfinite(self.warmup) and 0.0 <= self.warmup < 1.0):
             bad(f"--warmup must be a fraction of the run in [0, 1), got {self.warmup!r}")
         if self.lambda_schedule not in ("ganin", "constant"):
@@ -117,6 +140,12 @@ class TrainConfig:
             if v is not None and not (isinstance(v, (list, tuple)) and len(v) == 2
                                       and all(isinstance(k, int) and k > 0 for k in v)):
                 bad(f"--{name.replace('_', '-')} must be two positive integers HxW, got {v!r}")
+        if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 8):
+            bad(f"--image-size must be an integer >= 8, got {self.image_size!r}")
+        if self.pretrained and self.backbone_init:
+            bad("--pretrained and --init both give the backbone its weights: pass one of them")
+        if (self.pretrained or self.backbone_init) and not self.backbone:
+            bad("--pretrained and --init need --backbone NAME (a torchvision or timm model)")
         if self.resize not in ("base", "native"):
             bad(f"unknown resize {self.resize!r} (base, native)")
         if not isinstance(self.workers, int) or self.workers < 0:

@@ -17,8 +17,8 @@ def open_data(cfg, method, device, dist, user_data=None):
     if user_data is not None:
         return user_data.source(device, method, cfg, dist)
     progress = None if dist.is_main else False  # the header check's bar: the first process only
-    src = load_domain(cfg.source, cfg.data_dir, progress=progress)
-    tgt = load_domain(cfg.target, cfg.data_dir, progress=progress)
+    opts = dict(progress=progress, image_size=cfg.image_size, strict=cfg.strict_files)
+    src, tgt = load_domain(cfg.source, cfg.data_dir, **opts), load_domain(cfg.target, cfg.data_dir, **opts)
     check_task(cfg, method, src, tgt)
     check_pair(src, tgt, method.uses_target_labels)  # unlabelled source, class-name mismatch
     if any(getattr(s, "streamed", False) for d in (src, tgt) for s in d.splits.values()):
@@ -31,9 +31,22 @@ def open_data(cfg, method, device, dist, user_data=None):
     evals = {split: dom[name].tensors(device, cfg.limit_eval)
              for split, dom, name in (("source_val", src, "val"), ("source_test", src, "test"),
                                       ("target_test", tgt, "test"))}
-    return ResidentSource(src, tgt, {"target_scored_split": "test"}, **train, evals=evals, batch=cfg.batch_size,
+    facts, rcs = {"target_scored_split": "test"}, None
+    if cfg.rare_class_sampling:
+        from ..data.rcs import RareClassSampler
+
+        check_rare_class_sampling(task)
+        rcs = RareClassSampler.from_labels(train["ys"].cpu(), src.num_classes)
+        facts["rare_class_sampling"] = rcs.class_table(src.classes)
+    return ResidentSource(src, tgt, facts, **train, evals=evals, batch=cfg.batch_size,
                           rank=dist.rank, world_size=dist.world_size, seed=cfg.seed,
-                          uses_target_labels=method.uses_target_labels, eval_batch=task.eval_batch)
+                          uses_target_labels=method.uses_target_labels, eval_batch=task.eval_batch, rcs=rcs)
+
+
+def check_rare_class_sampling(task) -> None:
+    if not task.dense:
+        raise DalabError("rare-class sampling draws images by the classes of their pixels: it is for segmentation, "
+                         f"not {task.name}")
 
 
 def check_task(cfg, method, src, tgt) -> None:
@@ -53,33 +66,56 @@ def check_task(cfg, method, src, tgt) -> None:
 
 def _streamed(cfg, method, device, dist, src, tgt) -> StreamedSource:
     """Domains read from files: one training DataLoader per domain (this rank's share of each global
-    batch; images at the dataset's base size, or as stored with ``--resize native``, then random scale,
-    crop and flip) and evaluation loaders (images at ``--eval-size``, by default the same size as the
-    training crops were cut from; scored at the labels' full resolution). The target's training loader
-    reads no label unless the method is the oracle. The target's scored split is its ``test`` split, or
-    ``val`` where it has no test labels (Cityscapes)."""
+    batch) and evaluation loaders, with the options the task gives (segmentation: the dataset's base size,
+    random scale, crop and flip, evaluation at the size the crops were cut from, scored at the labels'
+    full size; photos: random resized crops and centre crops at ``--image-size``). The target's training
+    loader reads no label unless the method is the oracle. The target's scored split is its ``test``
+    split, or ``val`` where it has no test labels (Cityscapes)."""
     W, r = dist.world_size, dist.rank
-    if cfg.crop_size is None:  # images of many sizes, randomly rescaled: batches need one size
+    task = get_task(src.task)
+    if task.dense and cfg.crop_size is None:  # images of many sizes, randomly rescaled: batches need one size
         raise DalabError("--crop HxW is required for domains read from files (e.g. --crop 512x512)")
     refuse_whole_target_set(method)
     b = cfg.batch_size // W
-    size = "native" if cfg.resize == "native" else "base"
     common = dict(workers=cfg.workers, rank=r, world_size=W, pin_memory=device.type == "cuda")
-    train = dict(crop=cfg.crop_size, size=size, limit=cfg.limit_train, **common)
-    loaders = {"source": src["train"].loader(b, True, seed=cfg.seed, labels=True, **train)}
+    facts = {}
+    sampler = None
+    if cfg.rare_class_sampling:  # source images drawn by class (counted once from the label files, cached)
+        from ..data import data_dir
+        from ..data.rcs import RareClassDataSampler, RareClassSampler
+
+        check_rare_class_sampling(task)
+        stats = src["train"].class_counts(cfg.limit_train, data_dir(cfg.data_dir) / "rcs", progress=dist.is_main)
+        rcs = RareClassSampler.from_counts(stats)
+        n = min(len(src["train"]), cfg.limit_train or len(src["train"]))
+        sampler = RareClassDataSampler(rcs, n // W, seed=cfg.seed, rank=r, world_size=W)
+        facts["rare_class_sampling"] = rcs.class_table(src.classes)
+    loaders = {"source": src["train"].loader(b, True, seed=cfg.seed, limit=cfg.limit_train, sampler=sampler,
+                                             **task.train_options(cfg, True), **common)}
     if method.uses_target:
-        loaders["target"] = tgt["train"].loader(b, True, seed=cfg.seed + 1, labels=method.uses_target_labels,
-                                                **train)
+        loaders["target"] = tgt["train"].loader(b, True, seed=cfg.seed + 1, limit=cfg.limit_train,
+                                                **task.train_options(cfg, method.uses_target_labels), **common)
     tgt_split = "test" if "test" in tgt.splits else "val"
+    size = "native" if cfg.resize == "native" else "base"
+    eval_opts = task.eval_options(cfg.eval_size or size, cfg.image_size)
     evals = {}
     for split, dom, name in (("source_val", src, "val"), ("source_test", src, "test"), ("target_test", tgt, tgt_split)):
-        if name in dom.splits and getattr(dom[name], "labelled", True):
-            evals[split] = dom[name].loader(max(1, b // 2), False, seed=cfg.seed, size=cfg.eval_size or size,
-                                            limit=cfg.limit_eval, **common)
-    facts = {"target_scored_split": tgt_split, "resize": size, "eval_size": cfg.eval_size or size}
-    checks = {d: dom.pair_check for d, dom in (("source", src), ("target", tgt)) if dom.pair_check is not None}
-    if checks:
-        facts["data_check"] = {d: c.counts() for d, c in checks.items()}
-    log = [f"{d}: {line}" for d, c in checks.items() for line in c.log_lines()]
+        if name in dom.splits and len(dom[name]) and getattr(dom[name], "labelled", True):
+            evals[split] = dom[name].loader(max(1, b // 2), False, seed=cfg.seed, limit=cfg.limit_eval,
+                                            **eval_opts, **common)
+    facts["target_scored_split"] = tgt_split
+    # how the scored images were fed: recorded in model.pt too, so that evaluate and select feed them the same way
+    facts.update({"eval_size" if k == "size" else k: v for k, v in eval_opts.items() if k in ("size", "image_size")})
+    log = []
+    for d, dom in (("source", src), ("target", tgt)):
+        if dom.pair_check is not None:
+            facts.setdefault("data_check", {})[d] = dom.pair_check.counts()
+            log += [f"{d}: {line}" for line in dom.pair_check.log_lines()]
+        if dom.protocol:
+            facts.setdefault("protocol", {})[d] = dom.protocol
+        if dom.skipped:
+            facts.setdefault("skipped_files", {})[d] = len(dom.skipped)
+            log += [f"{d}: {path}: skipped: {why}" for path, why in dom.skipped]
     return StreamedSource(src, tgt, facts, "\n".join(log) + "\n" if log else None, loaders=loaders, evals=evals,
-                          device=device, reduce=lambda t: all_sum(t, dist), crop=cfg.crop_size)
+                          device=device, reduce=lambda t: all_sum(t, dist), crop=cfg.crop_size,
+                          image_size=facts.get("image_size"))

@@ -106,6 +106,7 @@ class ResidentSource(DataSource):
     seed: int = 0
     uses_target_labels: bool = False
     eval_batch: int = 2048
+    rcs: object = None   # a RareClassSampler: source images drawn by class instead of a permutation
 
     def __post_init__(self):
         self.gen = torch.Generator().manual_seed(self.seed)
@@ -124,7 +125,12 @@ class ResidentSource(DataSource):
         B = self.batch
         b, off = B // self.world_size, self.rank * (B // self.world_size)
         dev = self.xs.device if self.xs is not None else self.xt.device
-        ps = index_stream(len(self.xs), steps * B, self.gen).to(dev) if self.xs is not None else None
+        if self.xs is None:
+            ps = None
+        elif self.rcs is not None:  # rare-class sampling: a class, then an image holding it, per draw
+            ps = self.rcs.draw(steps * B, self.gen)[0].to(dev)
+        else:
+            ps = index_stream(len(self.xs), steps * B, self.gen).to(dev)
         pt = index_stream(len(self.xt), steps * B, self.gen).to(dev) if self.xt is not None else None
         labels_t = self.uses_target_labels
         for i in range(steps):
@@ -181,6 +187,7 @@ class StreamedSource(DataSource):
     device: torch.device = torch.device("cpu")
     reduce: Callable | None = None
     crop: list | None = None
+    image_size: int | None = None   # photos: square crops of this side
     streamed: bool = True
 
     def __post_init__(self):
@@ -191,7 +198,19 @@ class StreamedSource(DataSource):
         return 0 if loader is None else len(loader.dataset)
 
     def input_shape(self) -> list[int] | None:  # a model trained on crops takes any size; the crop is what it saw
+        if self.image_size:
+            return [3, self.image_size, self.image_size]
         return [3, *self.crop] if self.crop else None
+
+    def read_failures(self) -> dict:
+        """Files that could not be decoded in the middle of the run (a loader that counts them, e.g. photos):
+        {domain: {"files": n, "items_substituted": n}}, only where there were any."""
+        out = {}
+        for dom, loader in self.loaders.items():
+            failed = getattr(loader, "decode_failures", None)
+            if failed:
+                out[dom] = {"files": len(failed), "items_substituted": int(getattr(loader, "substituted", 0))}
+        return out
 
     def epoch_batches(self, epoch: int, steps: int) -> Iterator[TrainBatch]:
         """The next batch of each domain's loader: one endless iterator per domain for the whole run,

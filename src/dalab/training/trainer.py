@@ -249,6 +249,12 @@ class Trainer:
         """A network of the task: dalab's default for it, or one it names (one clear error otherwise)."""
         if self.user_model is not None:
             return
+        if self.cfg.backbone:
+            if self.task.dense:
+                raise DalabError(f"--backbone builds a classification network (a backbone, a bottleneck and a "
+                                 f"classifier); {self.cfg.source} -> {self.cfg.target} is a {self.task.name} pair: "
+                                 "pass your own network through the API (docs/segmentation.md)")
+            return
         if self.cfg.arch not in self.task.archs:
             default = TrainConfig().arch
             if self.cfg.arch == default:  # the classification default, left as it was: take the task's
@@ -263,6 +269,11 @@ class Trainer:
         cfg = self.cfg
         if self.user_model is not None:
             model = self.user_model.to(self.device)
+        elif cfg.backbone:  # a torchvision or timm backbone with the fine-tuning head (models/backbones.py)
+            from ..models.backbones import PhotoNet
+
+            model = PhotoNet(cfg.backbone, self.data.num_classes, pretrained=cfg.pretrained,
+                             init=cfg.backbone_init).to(self.device)
         else:
             model = self.task.build_model(cfg.arch, self.data.num_classes, cfg.batch_norm, cfg.input_norm,
                                           cfg.bn_stats == "domain").to(self.device)
@@ -289,6 +300,9 @@ class Trainer:
         lr = cfg.resolved_lr()
         if hasattr(model, "param_groups"):
             params = [g for g in model.param_groups(lr) + [{"params": list(self.method.parameters())}] if g["params"]]
+            for g in params:  # each group's rate as a multiple of the scheduled one
+                g["lr_mult"] = g.pop("lr", lr) / lr
+                g.pop("initial_lr", None)
         else:
             params = list(model.parameters()) + list(self.method.parameters())
         fused = optimizer_kwargs(cfg.optimizer, self.device)  # one kernel per parameter where available
@@ -300,7 +314,8 @@ class Trainer:
     def _choose_speed(self, resume_ck, batch: int) -> autotune.SpeedChoice:
         """Precision and memory format (training/autotune.py); every rank takes rank 0's."""
         cfg, model = self.cfg, self.model
-        net = ({"arch": cfg.arch, "batch_norm": cfg.batch_norm, "bn_stats": cfg.bn_stats, "input_norm": cfg.input_norm}
+        net = ({"arch": cfg.arch, "batch_norm": cfg.batch_norm, "bn_stats": cfg.bn_stats, "input_norm": cfg.input_norm,
+                **({"backbone": cfg.backbone} if cfg.backbone else {})}
                if self.user_model is None else
                {"custom": type(model).__name__, "shapes": [list(p.shape) for p in model.parameters()]})
         choice = None
@@ -367,14 +382,16 @@ class Trainer:
     def model_config(self) -> dict:
         """What ``model.pt`` records to rebuild and describe the network."""
         custom = self.user_model is not None
+        common = {"task": self.task.name, "classes": list(self.data.classes or []) or None,
+                  "input": self.data.input_shape() or [3, 28, 28], "method": self.method.name,
+                  "source": self.cfg.source, "target": self.cfg.target,
+                  **{k: self.data.facts[k] for k in ("eval_size", "image_size") if k in self.data.facts}}
+        if hasattr(self.model, "config") and not custom:  # a network that describes itself (PhotoNet)
+            return {**self.model.config(), **common}
         return {"arch": "custom" if custom else CHECKPOINT_ARCH[self.cfg.arch],
                 "num_classes": self.data.num_classes, "batch_norm": self.cfg.batch_norm,
                 "domain_bn": not custom and self.cfg.batch_norm and self.cfg.bn_stats == "domain",
-                "input_norm": self.cfg.input_norm, "task": self.task.name,
-                "classes": list(self.data.classes or []) or None,
-                "input": self.data.input_shape() or [3, 28, 28], "method": self.method.name,
-                "source": self.cfg.source, "target": self.cfg.target,
-                **({"eval_size": self.data.facts["eval_size"]} if "eval_size" in self.data.facts else {})}
+                "input_norm": self.cfg.input_norm, **common}
 
     def _bn_description(self) -> str | None:
         if self.model is None or not has_batch_norm(self.model):
@@ -420,6 +437,9 @@ class Trainer:
             "n_source_train": self.data.n_train("source"), "n_target_train": self.data.n_train("target"),
             **self.data.facts, "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
+        failures = getattr(self.data, "read_failures", lambda: {})()
+        if failures:  # files that decoded badly mid-run: each item replaced by the next readable one
+            s["read_failures"] = failures
         if cfg.init_from or self._init_sha256:  # also a warm-started run resumed without --init-from
             s["init_from_sha256"] = self._init_sha256  # None: resumed from a checkpoint of dalab < 0.6.0
         if self._epochs_changed_from:
