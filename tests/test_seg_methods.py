@@ -417,10 +417,11 @@ def test_pixel_rule_scales_lengths_with_the_shorter_side_and_counts_with_the_are
 @pytest.mark.parametrize("hw,expected", [((512, 512), (0.15, 1.15)), ((48, 96), (0.15 * 48 / 512, 1.15 * 48 / 512)),
                                          ((96, 48), (0.15 * 48 / 512, 1.15 * 48 / 512))])
 def test_dacs_blur_sigma_is_the_published_one_at_512_px_and_scaled_below(monkeypatch, hw, expected):
+    import dalab.methods.augment as aug
     import dalab.methods.dacs as dacs
     seen = []
-    real = dacs._strong_augment
-    monkeypatch.setattr(dacs, "_strong_augment", lambda x, g, s, jp, bp, sigma: seen.append(sigma) or real(
+    real = aug._strong_augment
+    monkeypatch.setattr(aug, "_strong_augment", lambda x, g, s, jp, bp, sigma: seen.append(sigma) or real(
         x, g, s, jp, bp, sigma))
     x = torch.rand(2, 3, *hw)
     for name in ("dacs", "mic", "daformer"):
@@ -445,9 +446,10 @@ def test_the_scaled_blur_of_a_48_px_image_is_as_weak_as_the_authors_at_512_px():
 
 
 def test_strong_augment_takes_sigma_in_pixels_of_the_image_without_a_reference_side(monkeypatch):
+    import dalab.methods.augment as aug
     import dalab.methods.dacs as dacs
     seen = []
-    monkeypatch.setattr(dacs, "_strong_augment", lambda x, g, s, jp, bp, sigma: seen.append(sigma) or x)
+    monkeypatch.setattr(aug, "_strong_augment", lambda x, g, s, jp, bp, sigma: seen.append(sigma) or x)
     dacs.strong_augment(torch.rand(1, 3, 48, 96), None, sigma=(0.15, 1.15), sigma_side=None)
     assert seen == [(0.15, 1.15)]
 

@@ -78,65 +78,10 @@ import torch
 import torch.nn.functional as F
 
 from ..models.batchnorm import bn_domain
-from ..models.nets import to_unit_float
 from ..models.ema import ema_update, make_teacher  # noqa: F401  (re-exported)
+from .augment import augment, channel_jitter, random_affine  # noqa: F401  (re-exported)
 from .base import Batch, Method, accuracy
 from .dann import logits_per_domain
-
-
-def random_affine(x: torch.Tensor, translate: float = 2.0, rotate: float = 10.0, scale: float = 0.1,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Warp each image of (B,C,H,W) floats by its own random affine map (bilinear, zero fill).
-
-    ``translate`` is in pixels, ``rotate`` in degrees, ``scale`` a relative range.
-    """
-    b, _, h, w = x.shape
-    dev = x.device
-
-    def u(lo, hi):
-        return torch.rand(b, device=dev, generator=generator) * (hi - lo) + lo
-
-    ang = u(-rotate, rotate) * math.pi / 180.0
-    s = u(1.0 - scale, 1.0 + scale)
-    tx, ty = u(-translate, translate) * 2.0 / w, u(-translate, translate) * 2.0 / h
-    cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-def colour_jitter(x: torch.Tensor, gain: float = 0.3, offset: float = 0.2, invert_p: float = 0.5,
-                  noise: float = 0.05, permute_channels: bool = True,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per image: channel permutation, per-channel gain/offset, inversion, Gaussian noise."""
-    b, c = x.shape[:2]
-    dev = x.device
-    if permute_channels and c > 1:
-        perm = torch.rand(b, c, device=dev, generator=generator).argsort(1)
-        x = torch.gather(x, 1, perm[:, :, None, None].expand_as(x))
-    g = 1.0 + (torch.rand(b, c, 1, 1, device=dev, generator=generator) * 2 - 1) * gain
-    o = (torch.rand(b, c, 1, 1, device=dev, generator=generator) * 2 - 1) * offset
-    x = x * g + o
-    flip = (torch.rand(b, 1, 1, 1, device=dev, generator=generator) < invert_p).to(x.dtype)
-    x = flip * (1.0 - x) + (1.0 - flip) * x
-    if noise > 0:
-        x = x + noise * torch.randn(x.shape, device=dev, generator=generator, dtype=x.dtype)
-    return x.clamp(0.0, 1.0)
-
-
-def augment(x: torch.Tensor, strength: str = "strong", generator: torch.Generator | None = None) -> torch.Tensor:
-    """``weak``: small warp (1 px, 5 degrees, 5 % scale); ``strong``: larger warp + colour jitter.
-
-    Takes uint8 or [0, 1] float images (B,3,H,W); returns float images in [0, 1] on the same device.
-    """
-    x = to_unit_float(x).float()
-    if strength == "none":
-        return x
-    if strength == "weak":
-        return random_affine(x, 1.0, 5.0, 0.05, generator).clamp(0.0, 1.0)
-    if strength == "strong":
-        return colour_jitter(random_affine(x, 2.0, 10.0, 0.1, generator), generator=generator)
-    raise ValueError(f"unknown augmentation strength {strength!r} (none, weak, strong)")
 
 
 def class_balance_loss(probs: torch.Tensor) -> torch.Tensor:

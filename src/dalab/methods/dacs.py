@@ -58,16 +58,16 @@ Shapes: ``xs``, ``xt`` (B, 3, H, W) uint8; ``ys`` (B, H, W) uint8; mask (B, H, W
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 
-from ..data.pixel_scale import scale_length, shorter_side
 from ..models.batchnorm import bn_domain
 from ..models.nets import to_unit_float
 from ..tasks import IGNORE, accuracy, task_loss
 from .base import Batch, Method
+from .augment import (AUTHORS_CROP, colour_jitter, gaussian_blur, strong_augment,  # noqa: F401  (re-exported)
+                      _odd_kernel_size)
 from .consistency import ema_update, make_teacher
 from .dann import logits_per_domain
 
@@ -84,98 +84,6 @@ def random_class_mask(ys: torch.Tensor, generator: torch.Generator | None = None
         perm = torch.randperm(n, generator=generator, device=dev).to(classes.device)
         masks.append(torch.isin(y, classes[perm[:(n + 1) // 2]]))
     return torch.stack(masks) if masks else torch.zeros_like(ys, dtype=torch.bool)
-
-
-# RGB -> YIQ (NTSC); a hue rotation turns the (I, Q) chroma plane and keeps the luma Y.
-_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
-_LUMA = _RGB_TO_YIQ[0]
-
-
-def _uniform(n: int, lo: float, hi: float, generator: torch.Generator | None, device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=generator, device=device)
-
-
-def colour_jitter(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor,
-                  hue: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) floats in [0, 1], one factor per image (B,) each -> jittered, clamped to [0, 1].
-
-    Brightness scales the image, contrast blends it with its mean luma, saturation with its
-    per-pixel luma (torchvision's definitions; factor 1 keeps the image), and ``hue`` turns the
-    chroma by ``hue`` of a full turn in YIQ space (0 keeps it). Applied in that order.
-    """
-    f = lambda v: v.to(x.dtype).view(-1, 1, 1, 1)  # noqa: E731
-    luma = _LUMA.to(x.device, x.dtype).view(1, 3, 1, 1)
-    x = (x * f(brightness)).clamp(0, 1)
-    mean = (x * luma).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-    x = ((x - mean) * f(contrast) + mean).clamp(0, 1)
-    grey = (x * luma).sum(1, keepdim=True)
-    x = ((x - grey) * f(saturation) + grey).clamp(0, 1)
-    angle = 2 * math.pi * hue.float()
-    rot = torch.zeros(len(x), 3, 3, device=x.device)
-    rot[:, 0, 0] = 1
-    rot[:, 1, 1], rot[:, 1, 2] = angle.cos(), -angle.sin()
-    rot[:, 2, 1], rot[:, 2, 2] = angle.sin(), angle.cos()
-    m = _YIQ_TO_RGB.to(x.device) @ rot @ _RGB_TO_YIQ.to(x.device)  # (B, 3, 3), per image
-    return torch.einsum("bij,bjhw->bihw", m.to(x.dtype), x).clamp(0, 1)
-
-
-def _odd_kernel_size(n: int) -> int:
-    """DACS's kernel size for an image side of ``n`` pixels: ceil(n / 10), made odd by going down."""
-    c = max(1, math.ceil(0.1 * n))
-    return c if c % 2 else c - 1
-
-
-def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) blurred per image with its own ``sigma`` (B,) (0 keeps the image): a separable
-    Gaussian with odd kernels of about H / 10 by W / 10 pixels, reflected at the borders."""
-    b, c, h, w = x.shape
-    out = x.reshape(1, b * c, h, w)
-    for dim, k in ((2, _odd_kernel_size(h)), (3, _odd_kernel_size(w))):
-        r = k // 2
-        if r == 0:
-            continue
-        d = torch.arange(-r, r + 1, device=x.device, dtype=torch.float32)
-        s = sigma.float().clamp_min(1e-6).view(-1, 1)
-        g = torch.exp(-0.5 * (d / s) ** 2)
-        g = torch.where(sigma.view(-1, 1) > 0, g / g.sum(1, keepdim=True), (d == 0).float().expand_as(g))
-        g = g.repeat_interleave(c, 0).to(x.dtype)  # (B*C, k)
-        if dim == 2:
-            out = F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), g.view(b * c, 1, k, 1), groups=b * c)
-        else:
-            out = F.conv2d(F.pad(out, (r, r, 0, 0), mode="reflect"), g.view(b * c, 1, 1, k), groups=b * c)
-    return out.reshape(b, c, h, w)
-
-
-#: the side of the square crops that DACS's and DAFormer's pixel sizes were chosen for (configUDA.json)
-AUTHORS_CROP = 512
-
-
-def strong_augment(x: torch.Tensor, generator: torch.Generator | None = None, *, strength: float = 0.25,
-                   jitter_p: float = 0.8, blur_p: float = 0.5, sigma=(0.15, 1.15),
-                   sigma_side: float | None = AUTHORS_CROP) -> torch.Tensor:
-    """DACS's augmentation of the mixed images: per image, :func:`colour_jitter` with probability
-    ``jitter_p`` (factors drawn in ``1 +- strength``, hue in ``+- strength`` turns), then
-    :func:`gaussian_blur` with probability ``blur_p``, sigma uniform in ``sigma``. ``sigma`` is in
-    pixels of images whose shorter side is ``sigma_side`` and is scaled to ``x``'s shorter side
-    (:func:`dalab.data.pixel_scale.scale_length`); ``sigma_side=None`` takes it in pixels of ``x``.
-    (B, 3, H, W) floats in [0, 1] -> the same; every draw comes from ``generator``."""
-    if sigma_side is not None:
-        side = shorter_side(x.shape)
-        sigma = tuple(scale_length(s, sigma_side, side) for s in sigma)
-    with torch.autocast(x.device.type, enabled=False):  # the augmentation is data, kept in float32
-        return _strong_augment(x.float(), generator, strength, jitter_p, blur_p, sigma)
-
-
-def _strong_augment(x, generator, strength, jitter_p, blur_p, sigma):
-    n, dev = len(x), x.device
-    jit = torch.rand(n, generator=generator, device=dev) < jitter_p
-    one = torch.ones(n, device=dev)
-    factors = [torch.where(jit, _uniform(n, 1 - strength, 1 + strength, generator, dev), one) for _ in range(3)]
-    hue = torch.where(jit, _uniform(n, -strength, strength, generator, dev), one - 1)
-    x = colour_jitter(x, *factors, hue)
-    blur = torch.rand(n, generator=generator, device=dev) < blur_p
-    return gaussian_blur(x, torch.where(blur, _uniform(n, sigma[0], sigma[1], generator, dev), one - 1))
 
 
 def class_mix(xs: torch.Tensor, ys: torch.Tensor, xt: torch.Tensor, yt_pseudo: torch.Tensor,
