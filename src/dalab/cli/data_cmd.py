@@ -1,4 +1,4 @@
-"""``dalab data prepare | list | show``."""
+"""``dalab data prepare | list | show | export``."""
 
 from __future__ import annotations
 
@@ -21,13 +21,14 @@ EPILOG = """examples:
   dalab data list
   dalab data show mnistm --out grid.png
   dalab data show scenes-photo --out scenes.png             # images beside their colour-coded labels
+  dalab data export mnistm --out exported/mnistm             # PNG files in train/val/test/<class>/ folders
 """
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="prepare, list and look at domains", epilog=EPILOG,
                        formatter_class=HelpFormatter, description="Offline data: caches of every domain.")
-    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{prepare,list,show}")
+    dsub = p.add_subparsers(dest="data_cmd", required=True, metavar="{prepare,list,show,export}")
 
     pr = dsub.add_parser("prepare", help="build the caches (idempotent, atomic)", epilog=EPILOG,
                          formatter_class=HelpFormatter,
@@ -72,6 +73,19 @@ def add_parser(sub) -> None:
     sh.add_argument("--seed", type=nonneg_int, default=0)
     add_data_dir(sh)
     sh.set_defaults(func=run_show)
+
+    ex = dsub.add_parser("export", help="write a domain as PNG files in class folders (what folder:PATH reads)",
+                         formatter_class=HelpFormatter,
+                         description="Write an in-memory classification domain as OUT/{train,val,test}/<class>/*.png.",
+                         epilog="examples:\n  dalab data export mnist --out exported/mnist\n"
+                                "  dalab train --source folder:exported/mnist --target folder:exported/mnistm --stream "
+                                "--image-size 28 --photo-transform resize --out runs/from-files")
+    ex.add_argument("domain")
+    ex.add_argument("--out", required=True, help="the folder to write (written whole, then renamed into place)")
+    ex.add_argument("--limit", type=positive_int, default=None, help="the first N images of each split")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_data_dir(ex)
+    ex.set_defaults(func=run_export)
 
 
 def run_prepare(args) -> int:
@@ -148,4 +162,14 @@ def run_show(args) -> int:
     # images in a grid; segmentation: each image beside its colour-coded labels
     get_task(d.task).draw_examples(d[args.split], args.out, n=args.n, seed=args.seed, title=d.description)
     print(f"wrote {args.out}")
+    return 0
+
+
+def run_export(args) -> int:
+    from ..data.folder import export_folder
+
+    t0 = time.perf_counter()
+    counts = export_folder(load_domain(args.domain, args.data_dir), args.out, args.limit, args.overwrite)
+    print(f"wrote {args.out}: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f" images ({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -109,6 +109,11 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
     p.add_argument("--image-size", type=positive_int, default=None, metavar="S",
                    help="photos read from files: the side of the training crops and evaluation centre crops "
                         "(default 224; a folder of small images is held in memory at 28 instead)")
+    p.add_argument("--stream", action="store_true",
+                   help="folder:PATH: read the images from the files even when they are small enough for memory")
+    p.add_argument("--photo-transform", choices=["standard", "resize"], default=d.photo_transform,
+                   help="photos read from files: standard = random resized crops and flips for training (the "
+                        "ImageNet recipe); resize = the evaluation view for training too (images already framed)")
     p.add_argument("--strict-files", action="store_true",
                    help="photos read from files: an unreadable file is an error before training (default: skipped, "
                         "counted and listed in OUT/data_check.log)")
@@ -192,6 +197,7 @@ def config_from_args(args) -> TrainConfig:
         init_from=args.init_from, ema_decay=args.ema_decay, crop_size=args.crop_size, eval_size=args.eval_size,
         workers=args.workers, resize=args.resize, backbone=args.backbone, pretrained=args.pretrained,
         backbone_init=args.backbone_init, image_size=args.image_size, strict_files=args.strict_files,
+        stream=args.stream, photo_transform=args.photo_transform,
         method_args=dict(args.method_args) if getattr(args, "method_args", None) else None).validate()
 
 
@@ -318,7 +324,8 @@ def run_evaluate(args) -> int:
     split = domain[args.split]
     if getattr(split, "streamed", False):  # read from files (cityscapes:PATH): scored batch by batch
         # fed as the run evaluated (its model.pt says: input size, crops), unless --eval-size asks for another size
-        opts = task.eval_options(args.eval_size or config.get("eval_size"), config.get("image_size"))
+        opts = task.eval_options(args.eval_size or config.get("eval_size"), config.get("image_size"),
+                                 transform=config.get("photo_transform", "standard"))
         batches = split.loader(2, False, workers=args.workers, **opts)
         size = opts.get("size") or opts.get("image_size")
         shown = {"base": "the dataset's base size", "native": "full size"}.get(size) if isinstance(size, str) else None

@@ -221,3 +221,50 @@ def check_pair(src, tgt, needs_target_labels: bool = False) -> None:
     if labelled(tgt) and (sc or tc) and sc != tc:
         raise DataError(f"--source {src.name} and --target {tgt.name} have different classes "
                         f"({', '.join(sc or ('0..9',))} vs {', '.join(tc or ('0..9',))})")
+
+
+def export_folder(domain, out, limit: int | None = None, overwrite: bool = False) -> dict[str, int]:
+    """Write an in-memory classification domain as image files in the ``train/val/test`` layout that
+    ``folder:PATH`` reads: ``out/<split>/<class>/<index>.png`` (class folders named by the domain's class
+    names, or the digits). The whole tree is written to a temporary folder beside ``out`` and renamed
+    onto it at the end, so ``out`` is either absent, or complete; an existing ``out`` is replaced only
+    with ``overwrite``. ``limit``: the first N images of each split. Returns the images per split."""
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    out = Path(out)
+    if getattr(domain, "task", "classification") != "classification":
+        raise DataError(f"{domain.name} is a {domain.task} domain; export writes image folders of class labels")
+    if out.exists() and not overwrite:
+        raise DataError(f"{out} already exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    counts = {}
+    try:
+        for split in SPLIT_DIRS:
+            s = domain.splits.get(split)
+            if s is None or getattr(s, "streamed", False) or len(s) == 0:
+                continue
+            x, y = np.asarray(s.x), np.asarray(s.y)
+            n = len(y) if limit is None else min(len(y), int(limit))
+            for i in range(n):
+                name = domain.classes[int(y[i])] if domain.classes else str(int(y[i]))
+                d = tmp / split / name
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(x[i]).save(d / f"{i:06d}.png")
+            counts[split] = n
+        if not counts:
+            raise DataError(f"{domain.name}: no in-memory images to export")
+        if out.exists():  # overwrite: the old tree goes only once the new one is complete
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return counts

@@ -234,7 +234,7 @@ def _domain(spec: str, index: PhotoIndex, strict: bool, progress: bool | None, n
 
 
 def load_photo_domain(spec: str, data_root=None, strict: bool = False, progress: bool | None = None,
-                      image_size: int | None = None):
+                      image_size: int | None = None, stream: bool = False):
     """``office31:PATH``, ``officehome:PATH``, ``visda:PATH``, ``domainnet:PATH``, ``imagelist:LIST``
     or ``folder:PATH`` -> a classification Domain (``folder:`` as :func:`load_folder` decides).
 
@@ -242,7 +242,7 @@ def load_photo_domain(spec: str, data_root=None, strict: bool = False, progress:
     header check's progress bar (default: for more than 2,000 files).
     """
     if spec.startswith("folder:"):
-        return load_folder(spec, data_root, image_size=image_size, strict=strict, progress=progress)
+        return load_folder(spec, data_root, image_size=image_size, strict=strict, progress=progress, stream=stream)
     return _domain(spec, index_photos(spec), strict, progress)
 
 
@@ -298,8 +298,9 @@ def plan_folder(index: PhotoIndex, image_size: int | None = None, sample: int = 
 
 
 def load_folder(spec: str, data_root=None, image_size: int | None = None, strict: bool = False,
-                progress: bool | None = None):
-    """``folder:PATH`` -> a Domain, resident or streamed as :func:`plan_folder` decides (and says)."""
+                progress: bool | None = None, stream: bool = False):
+    """``folder:PATH`` -> a Domain, resident or streamed as :func:`plan_folder` decides (and says);
+    ``stream`` streams it whatever its size."""
     from .folder import PREFIX, load_folder_domain
     from .photo_layouts import folder
 
@@ -308,6 +309,8 @@ def load_folder(spec: str, data_root=None, image_size: int | None = None, strict
         raise DataError("folder: needs a path, e.g. --target folder:my_images")
     index = folder(path)
     plan = plan_folder(index, image_size)
+    if stream and not plan.streamed:
+        plan = FolderPlan(True, plan.image_size, f"streamed at {plan.image_size} px (--stream)")
     if plan.streamed:
         return _domain(spec, index, strict, progress, note=plan.reason)
     d = load_folder_domain(spec, data_root)

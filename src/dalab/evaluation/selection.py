@@ -103,7 +103,7 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
                          f"({task.name}: {', '.join(task.validators)})")
     # fed as the run evaluated them (model.pt records the input size or the crops)
     opts = task.eval_options(config.get("eval_size") or ((summary or {}).get("config") or {}).get("eval_size"),
-                             config.get("image_size"))
+                             config.get("image_size"), transform=config.get("photo_transform", "standard"))
     get = (lambda name, split, labels=True: _batches(cache, name, split, data_dir, limit, device, opts, labels))
     inputs = task.validator_inputs(
         model, source_val=get(source, "val"), source_train=get(source, "train") if "dev" in validators else [],

@@ -95,6 +95,16 @@ class Task:
         return build_network(arch, num_classes=num_classes, batch_norm=batch_norm, input_norm=input_norm,
                              domain_bn=domain_bn)
 
+    # ------------------------------------------------------------------ data read from files
+    def train_options(self, cfg, labels: bool) -> dict:
+        """The keyword arguments of a streamed split's training loader for a run configured by ``cfg``
+        (``labels`` False: the loader need not read labels)."""
+        raise NotImplementedError
+
+    def eval_options(self, eval_size=None, image_size=None, labels: bool = True, transform: str = "standard") -> dict:
+        """The keyword arguments of a streamed split's evaluation loader, from what a run recorded."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ label-free selection
     def validator_inputs(self, model, *, source_val, source_train, target, needed, num_classes: int,
                          seed: int = 0) -> dict:

@@ -74,12 +74,18 @@ class Classification(Task):
 
     def train_options(self, cfg, labels: bool) -> dict:
         """The options of a streamed photo split's training loader (:meth:`dalab.data.photos.PhotoSplit.loader`):
-        random resized crops of ``image_size`` (224 when not given)."""
-        return {"image_size": cfg.image_size or DEFAULT_IMAGE_SIZE}
+        random resized crops of ``image_size`` (224 when not given) and flips, or with
+        ``photo_transform="resize"`` the evaluation view (the shorter side resized to the crop, centre crop)."""
+        size = cfg.image_size or DEFAULT_IMAGE_SIZE
+        if getattr(cfg, "photo_transform", "standard") == "resize":
+            return {"image_size": size, "resize": size, "scale": (1.0, 1.0), "ratio": (1.0, 1.0), "flip": False}
+        return {"image_size": size}
 
-    def eval_options(self, eval_size=None, image_size=None, labels: bool = True) -> dict:
-        """An evaluation loader's options: centre crops of ``image_size`` (224 when not given)."""
-        return {"image_size": image_size or DEFAULT_IMAGE_SIZE}
+    def eval_options(self, eval_size=None, image_size=None, labels: bool = True, transform: str = "standard") -> dict:
+        """An evaluation loader's options: centre crops of ``image_size`` (224 when not given) after resizing
+        the shorter side to 256/224 of it, or to the crop itself with ``transform="resize"``."""
+        size = image_size or DEFAULT_IMAGE_SIZE
+        return {"image_size": size, **({"resize": size} if transform == "resize" else {})}
 
     # ------------------------------------------------------------------ label-free selection
     def validator_inputs(self, model, *, source_val, source_train, target, needed, num_classes: int,
@@ -98,7 +104,8 @@ class Classification(Task):
         size = int((config.get("input") or [3, 28, 28])[-1])
         names = config.get("classes") or config.get("class_names")  # dalab <= 0.8 wrote neither; 0.8 "classes"
         if config.get("image_size"):  # trained on photos read from files: their evaluation transform
-            x, ok, bad = _photo_inputs(files, int(config["image_size"]))
+            size = int(config["image_size"])
+            x, ok, bad = _photo_inputs(files, size, size if config.get("photo_transform") == "resize" else None)
         else:  # resized to the (small) input, as the in-memory domains were
             x, ok, bad = load_images(files, size)
         rows = []
@@ -123,7 +130,7 @@ class Classification(Task):
         save_image_grid(split, path, n=n, seed=seed, title=title)
 
 
-def _photo_inputs(files, image_size: int):
+def _photo_inputs(files, image_size: int, resize: int | None = None):
     """(images (N, S, S, 3) uint8, files read, [(file, error)]): each file resized and centre-cropped as the
     evaluation of photo runs does (:func:`dalab.data.photo_transforms.eval_transform`)."""
     import numpy as np
@@ -135,7 +142,7 @@ def _photo_inputs(files, image_size: int):
     xs, ok, bad = [], [], []
     for f in files:
         try:
-            xs.append(eval_transform(decode_photo(f), image_size).transpose(1, 2, 0))
+            xs.append(eval_transform(decode_photo(f), image_size, resize).transpose(1, 2, 0))
             ok.append(f)
         except DataError as e:
             bad.append((f, str(e)))

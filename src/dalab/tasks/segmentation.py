@@ -162,7 +162,7 @@ class Segmentation(Task):
         is opened (a target trained without labels)."""
         return {"crop": cfg.crop_size, "size": "native" if cfg.resize == "native" else "base", "labels": labels}
 
-    def eval_options(self, eval_size=None, image_size=None, labels: bool = True) -> dict:
+    def eval_options(self, eval_size=None, image_size=None, labels: bool = True, transform: str = "standard") -> dict:
         """The options of an evaluation loader: images at ``eval_size`` (a size, ``"base"`` or ``"native"``;
         default the dataset's base size), labels at full size."""
         return {"size": eval_size or "base", "labels": labels}

@@ -78,6 +78,10 @@ class TrainConfig:
     backbone_init: str | None = None
     image_size: int | None = None   # photos read from files: the training crop and evaluation size (None: 224)
     strict_files: bool = False      # photos: an unreadable file is an error at the start instead of skipped
+    stream: bool = False            # folder:PATH streamed from its files even when it is small enough for memory
+    # photos read from files: "standard" trains on random resized crops and flips (the ImageNet recipe), "resize"
+    # on the evaluation view (shorter side resized to image_size, centre crop), for images already framed
+    photo_transform: str = "standard"
     # domains read from files: "base" resizes each dataset to its papers' size first (GTA5 1280x720, Cityscapes
     # 1024x512, SYNTHIA 1280x760; data/seg_real.py), "native" keeps each file's own size
     resize: str = "base"
@@ -146,6 +150,8 @@ class TrainConfig:
             bad("--pretrained and --init both give the backbone its weights: pass one of them")
         if (self.pretrained or self.backbone_init) and not self.backbone:
             bad("--pretrained and --init need --backbone NAME (a torchvision or timm model)")
+        if self.photo_transform not in ("standard", "resize"):
+            bad(f"unknown photo transform {self.photo_transform!r} (standard, resize)")
         if self.resize not in ("base", "native"):
             bad(f"unknown resize {self.resize!r} (base, native)")
         if not isinstance(self.workers, int) or self.workers < 0:

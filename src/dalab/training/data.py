@@ -17,7 +17,7 @@ def open_data(cfg, method, device, dist, user_data=None):
     if user_data is not None:
         return user_data.source(device, method, cfg, dist)
     progress = None if dist.is_main else False  # the header check's bar: the first process only
-    opts = dict(progress=progress, image_size=cfg.image_size, strict=cfg.strict_files)
+    opts = dict(progress=progress, image_size=cfg.image_size, strict=cfg.strict_files, stream=cfg.stream)
     src, tgt = load_domain(cfg.source, cfg.data_dir, **opts), load_domain(cfg.target, cfg.data_dir, **opts)
     check_task(cfg, method, src, tgt)
     check_pair(src, tgt, method.uses_target_labels)  # unlabelled source, class-name mismatch
@@ -97,7 +97,7 @@ def _streamed(cfg, method, device, dist, src, tgt) -> StreamedSource:
                                                 **task.train_options(cfg, method.uses_target_labels), **common)
     tgt_split = "test" if "test" in tgt.splits else "val"
     size = "native" if cfg.resize == "native" else "base"
-    eval_opts = task.eval_options(cfg.eval_size or size, cfg.image_size)
+    eval_opts = task.eval_options(cfg.eval_size or size, cfg.image_size, transform=cfg.photo_transform)
     evals = {}
     for split, dom, name in (("source_val", src, "val"), ("source_test", src, "test"), ("target_test", tgt, tgt_split)):
         if name in dom.splits and len(dom[name]) and getattr(dom[name], "labelled", True):
@@ -106,6 +106,8 @@ def _streamed(cfg, method, device, dist, src, tgt) -> StreamedSource:
     facts["target_scored_split"] = tgt_split
     # how the scored images were fed: recorded in model.pt too, so that evaluate and select feed them the same way
     facts.update({"eval_size" if k == "size" else k: v for k, v in eval_opts.items() if k in ("size", "image_size")})
+    if not task.dense:
+        facts["photo_transform"] = cfg.photo_transform
     log = []
     for d, dom in (("source", src), ("target", tgt)):
         if dom.pair_check is not None:

@@ -18,6 +18,7 @@ their counts summed (``reduce``).
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -192,6 +193,7 @@ class StreamedSource(DataSource):
 
     def __post_init__(self):
         self._its: dict | None = None
+        self.wait_seconds = 0.0  # time the training loop spent waiting for batches
 
     def n_train(self, domain: str) -> int:
         loader = self.loaders.get(domain)
@@ -201,6 +203,9 @@ class StreamedSource(DataSource):
         if self.image_size:
             return [3, self.image_size, self.image_size]
         return [3, *self.crop] if self.crop else None
+
+    def timing(self) -> dict:
+        return {"data_wait_seconds": round(self.wait_seconds, 3)}
 
     def read_failures(self) -> dict:
         """Files that could not be decoded in the middle of the run (a loader that counts them, e.g. photos):
@@ -219,11 +224,13 @@ class StreamedSource(DataSource):
             self._its = {k: loader.forever() for k, loader in self.loaders.items()}
         dev = self.device
         for _ in range(steps):
+            t0 = time.perf_counter()
             xs = ys = xt = yt = None
             if "source" in self._its:
                 xs, ys = (v.to(dev, non_blocking=True) for v in next(self._its["source"]))
             if "target" in self._its:
                 xt, yt = (v.to(dev, non_blocking=True) for v in next(self._its["target"]))
+            self.wait_seconds += time.perf_counter() - t0  # the step waited this long for its data
             yield TrainBatch(xs, ys, xt, yt, None)
 
     def eval_sets(self) -> dict[str, EvalSet]:

@@ -385,7 +385,7 @@ class Trainer:
         common = {"task": self.task.name, "classes": list(self.data.classes or []) or None,
                   "input": self.data.input_shape() or [3, 28, 28], "method": self.method.name,
                   "source": self.cfg.source, "target": self.cfg.target,
-                  **{k: self.data.facts[k] for k in ("eval_size", "image_size") if k in self.data.facts}}
+                  **{k: self.data.facts[k] for k in ("eval_size", "image_size", "photo_transform") if k in self.data.facts}}
         if hasattr(self.model, "config") and not custom:  # a network that describes itself (PhotoNet)
             return {**self.model.config(), **common}
         return {"arch": "custom" if custom else CHECKPOINT_ARCH[self.cfg.arch],
@@ -437,6 +437,9 @@ class Trainer:
             "n_source_train": self.data.n_train("source"), "n_target_train": self.data.n_train("target"),
             **self.data.facts, "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
+        timing = getattr(self.data, "timing", lambda: {})()  # data read from files: how long the steps waited
+        if timing:
+            s.update(timing, data_wait_share=round(timing["data_wait_seconds"] / max(self.train_seconds, 1e-9), 4))
         failures = getattr(self.data, "read_failures", lambda: {})()
         if failures:  # files that decoded badly mid-run: each item replaced by the next readable one
             s["read_failures"] = failures
