@@ -25,6 +25,12 @@ def _stub(ms: dict, bad=(), calls=None):
     return run
 
 
+@pytest.fixture(autouse=True)
+def measure_even_short_runs(monkeypatch):
+    """These runs are a few steps long, which a real run would not measure for (see the short-run test)."""
+    monkeypatch.setattr(autotune, "SHORT_RUN", 0)
+
+
 FAST_BF16_CL = {("fp32", False): 30.0, ("fp32", True): 20.0, ("bf16", False): 25.0, ("bf16", True): 10.0}
 
 
@@ -189,3 +195,21 @@ def test_a_failed_measurement_falls_back_to_fp32_and_says_why(tiny_data_copy, mo
     assert (s["precision"], s["memory_format"]) == ("fp32", "NCHW") and s["status"] == "completed"
     assert "could not measure (RuntimeError: cannot copy this network)" in s["precision_choice"]
     assert not (tiny_data_copy / autotune.CACHE_FILE).exists()  # nothing cached
+
+
+def test_a_short_run_is_not_measured_and_says_why(tiny_data_copy, monkeypatch):
+    monkeypatch.setattr(autotune, "SHORT_RUN", 10)
+
+    def fail(*a, **k):
+        raise AssertionError("a 4-step run measured 4 candidates for 8 steps each")
+    monkeypatch.setattr(autotune, "measure_run", fail)
+    s = Trainer(_cfg(tiny_data_copy), progress=False).fit()  # 128 images / 32 = 4 steps
+    assert (s["precision"], s["memory_format"]) == ("fp32", "NCHW")
+    assert "not measured: the run's 4 steps are fewer than 10 times" in s["precision_choice"]
+    # a longer run of the same network measures, and the choice is keyed on the input size too
+    calls = []
+    monkeypatch.setattr(autotune, "SHORT_RUN", 0)
+    monkeypatch.setattr(autotune, "measure_run", _stub(FAST_BF16_CL, calls=calls))
+    Trainer(_cfg(tiny_data_copy), progress=False).fit()
+    key = json.loads(next(iter(json.loads((tiny_data_copy / autotune.CACHE_FILE).read_text())["choices"])))
+    assert len(calls) == 1 and key["input"] == [3, 28, 28]

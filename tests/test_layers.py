@@ -54,3 +54,72 @@ def test_imports_only_flow_down():
             if other in RANK and other != me and RANK[other] >= RANK[me]:
                 upward.append(f"{rel} imports dalab.{other}")
     assert not upward, "imports must flow down the layers of docs/architecture.md: " + "; ".join(upward)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module -> the dalab modules it imports (at module level or inside a function), by name."""
+    def name_of(p: Path) -> str:
+        parts = list(p.relative_to(SRC.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    mods = {name_of(p): p for p in SRC.rglob("*.py")}
+    graph = {}
+    for m, p in mods.items():
+        package = m.split(".") if p.name == "__init__.py" else m.split(".")[:-1]
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text(), str(p))):
+            if isinstance(node, ast.ImportFrom):
+                base = (package[: len(package) - node.level + 1] if node.level else [])
+                mod = ".".join(base + (node.module.split(".") if node.module else []))
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            # a package above the module is set up before the module runs: not a dependency that can cycle
+            deps.update(n for n in names if n in mods and n != m and not m.startswith(n + "."))
+        graph[m] = deps
+    return graph
+
+
+def test_no_module_imports_itself_through_others():
+    """No import cycle between dalab's modules (functions' own imports count too; a module's own parent
+    packages do not)."""
+    graph = _module_graph()
+    assert "dalab.tasks.segmentation" in graph and "dalab.training.sources" in graph  # the new modules are read
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v):  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_nothing_outside_the_task_modules_branches_on_a_tasks_name():
+    import re
+
+    pattern = re.compile(r'''== *"(segmentation|classification)"|task *(==|!=)|!= *"(segmentation|classification)"''')
+    found = [f"{p.relative_to(SRC)}:{i}" for p in SRC.rglob("*.py") if p.parent.name != "tasks"
+             for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not found, "ask the task object (dalab.tasks) instead: " + ", ".join(found)

@@ -235,8 +235,9 @@ def export_folder(domain, out, limit: int | None = None, overwrite: bool = False
     from PIL import Image
 
     out = Path(out)
-    if getattr(domain, "task", "classification") != "classification":
-        raise DataError(f"{domain.name} is a {domain.task} domain; export writes image folders of class labels")
+    if any(np.asarray(s.y).ndim != 1 for s in domain.splits.values() if not getattr(s, "streamed", False)):
+        raise DataError(f"{domain.name} has label maps, not a class per image; export writes image folders of "
+                        "class labels")
     if out.exists() and not overwrite:
         raise DataError(f"{out} already exists; pass --overwrite to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)

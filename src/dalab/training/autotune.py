@@ -312,7 +312,7 @@ def measure_run(model: torch.nn.Module, method, make_optimizer: Callable, data: 
             if c[1]:
                 m = m.to(memory_format=torch.channels_last)
                 meth.to(memory_format=torch.channels_last)
-            opt = make_optimizer(list(m.parameters()) + list(meth.parameters()))
+            opt = make_optimizer(m, meth)
             fns[c] = _stepper(m, meth, opt, data, ps, pt, c[0], device, lr_at, total_steps, seed, Batch, autocast_ctx,
                               take_rows)
         sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -325,7 +325,7 @@ def _stepper(model, method, opt, data, ps, pt, precision, device, lr_at, total_s
         torch.manual_seed(seed + 1000 + i)  # the same random numbers for every candidate at step i
         p = i / max(1, total_steps)
         for grp in opt.param_groups:
-            grp["lr"] = lr_at(p)
+            grp["lr"] = lr_at(p) * grp.get("lr_mult", 1.0)
         batch = Batch(xs=take_rows(data["xs"], ps[i]) if ps is not None else None,
                       ys=take_rows(data["ys"], ps[i]) if ps is not None else None,
                       xt=take_rows(data["xt"], pt[i]) if pt is not None else None,

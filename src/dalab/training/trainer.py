@@ -292,19 +292,19 @@ class Trainer:
                                  "(batch norm setting differs?)") from None
         return model
 
-    def _optimizer(self, model) -> torch.optim.Optimizer:
+    def _optimizer(self, model, method=None) -> torch.optim.Optimizer:
         """SGD (momentum) or Adam over the network's and the method's parameters. A network that offers
         ``param_groups(lr)`` (e.g. a pretrained backbone at a tenth of the head's rate) sets its groups;
         each group's ``lr_mult`` scales the scheduled rate."""
-        cfg = self.cfg
+        cfg, method = self.cfg, method if method is not None else self.method
         lr = cfg.resolved_lr()
         if hasattr(model, "param_groups"):
-            params = [g for g in model.param_groups(lr) + [{"params": list(self.method.parameters())}] if g["params"]]
+            params = [g for g in model.param_groups(lr) + [{"params": list(method.parameters())}] if g["params"]]
             for g in params:  # each group's rate as a multiple of the scheduled one
                 g["lr_mult"] = g.pop("lr", lr) / lr
                 g.pop("initial_lr", None)
         else:
-            params = list(model.parameters()) + list(self.method.parameters())
+            params = list(model.parameters()) + list(method.parameters())
         fused = optimizer_kwargs(cfg.optimizer, self.device)  # one kernel per parameter where available
         if cfg.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
