@@ -174,6 +174,7 @@ def ema_update(teacher: torch.nn.Module, student: torch.nn.Module, decay: float)
 
 class MeanTeacher(Method):
     name = "mean-teacher"
+    version = 1
 
     def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 3.0,
                  cls_balance: float = 0.005, source_aug: str = "strong", target_aug: str = "strong"):
@@ -213,6 +214,7 @@ class MeanTeacher(Method):
 
 class FixMatch(Method):
     name = "fixmatch"
+    version = 1
 
     def __init__(self, threshold: float = 0.95, weight: float = 1.0, source_aug: str = "weak"):
         super().__init__()
@@ -248,6 +250,7 @@ def warmup_weight(p: float) -> float:
 
 class AdaMatch(Method):
     name = "adamatch"
+    version = 1
 
     def __init__(self, tau: float = 0.9, weight: float = 1.0, align: bool = True):
         super().__init__()

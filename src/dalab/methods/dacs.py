@@ -177,6 +177,8 @@ class DACS(Method):
     r"""Cross-domain ClassMix with a mean teacher (see the module docstring)."""
 
     name = "dacs"
+    # 2: dalab 0.8.0 added the authors' colour jitter and blur of the mixed images (runs of 0.7.0 lack them)
+    version = 2
     tasks = ("segmentation",)
 
     def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0, augment: bool = True):

@@ -99,6 +99,7 @@ class FDA(Method):
     r"""Fourier Domain Adaptation with the robust entropy term (see the module docstring)."""
 
     name = "fda"
+    version = 1
     tasks = ("segmentation",)
 
     def __init__(self, beta: float = 0.09, lambda_ent: float = 0.005, eta: float = 2.0, eps: float = 1e-3):

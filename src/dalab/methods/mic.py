@@ -57,6 +57,9 @@ class MIC(DACS):
     r"""DACS plus masked image consistency (see the module docstring)."""
 
     name = "mic"
+    # MIC came with DACS's augmentation (dalab 0.8.0): no MIC run lacks it. A change to the DACS part
+    # raises both versions.
+    version = 1
     tasks = ("segmentation",)
 
     def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0, augment: bool = True,
