@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import DalabError
 from .common import DEVICE_HELP, HelpFormatter, add_data_dir, positive_int
+from .launch_args import LAUNCHER_EPILOG, add_launcher_args, make_launcher
 
 EPILOG = """examples:
   dalab study --preset quick --out runs/study            # ~30 min on 2 CPU cores
@@ -17,6 +18,13 @@ Writes DIR/report.md, DIR/report.html (self-contained), DIR/figures/*.png and
 DIR/results.json. Each run lives in DIR/runs/<budget>/<config>-s<seed>/; a finished run is
 reused and a killed one resumes, so re-running a killed study continues where it stopped.
 Target labels are never used for training or model selection.
+
+  dalab study --preset full --out runs/study-full --device cuda --launcher submitit \\
+      --slurm-partition gpu --slurm-time 1:00:00 --slurm-gpus 1 --slurm-cpus 8 --slurm-parallel 20
+
+""" + LAUNCHER_EPILOG + """Pseudo-label runs are submitted in a second wave, after their teachers; the command
+waits for both waves (if it stops, running jobs go on and the same command again waits
+for them instead of submitting them twice), then analyses and writes the report.
 """
 
 
@@ -40,6 +48,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="CPU threads for torch (1 is much faster on a CPU shared with other jobs)")
     add_data_dir(p)
+    add_launcher_args(p)
     p.set_defaults(func=run_study)
 
 
@@ -52,8 +61,12 @@ def run_study(args) -> int:
 
         torch.set_num_threads(args.threads)
     log = (lambda *a, **k: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    if args.launcher == "submitit" and args.jobs > 1:
+        raise DalabError("--jobs is for --launcher local; with submitit, --slurm-parallel N runs N at once")
+    launcher = None if args.report_only else make_launcher(args, Path(args.out).resolve() / "submitit",
+                                                           progress=not args.quiet, log=log)
     study = Study(args.preset, args.out, device=args.device, seeds=args.seeds, data_dir=args.data_dir, log=log,
-                  jobs=args.jobs, threads=args.threads)
+                  jobs=args.jobs, threads=args.threads, launcher=launcher)
     if args.report_only:
         if not (Path(args.out) / "runs").is_dir():
             raise DalabError(f"--report-only: {args.out} holds no study runs")

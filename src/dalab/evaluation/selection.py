@@ -34,7 +34,8 @@ def find_candidates(root: str | Path) -> list[Path]:
         raise DalabError(f"{root}: no such folder")
     if root.is_file():
         return [root]
-    found = sorted(root.rglob("model.pt"))
+    # a benchmark's stale runs are kept aside as <run>.stale-<n>/: never candidates
+    found = sorted(p for p in root.rglob("model.pt") if not any(".stale-" in q for q in p.relative_to(root).parts))
     if not found:
         raise DalabError(f"{root}: no model.pt found (train runs with `dalab train --out` first)")
     return found

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -217,8 +218,9 @@ def run_status(summary: dict | None) -> str:
 
 class Study:
     def __init__(self, preset: str | Preset, out, device: str = "auto", seeds: int | None = None,
-                 data_dir=None, log=print, jobs: int = 1, threads: int | None = None):
+                 data_dir=None, log=print, jobs: int = 1, threads: int | None = None, launcher=None):
         self.jobs, self.threads = int(jobs), threads
+        self.launcher = launcher  # a SubmititLauncher (dalab.training.launcher): runs go to Slurm
         if isinstance(preset, str):
             if preset not in PRESETS:
                 raise DalabError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
@@ -229,7 +231,10 @@ class Study:
             raise DalabError(f"--seeds must be a positive integer, got {seeds}")
         self.out = Path(out).resolve()
         self.device = device
-        resolve_device(device)  # fail early, one line
+        if launcher is None:
+            resolve_device(device)  # fail early, one line
+        elif not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):  # resolved on the nodes; the name checked here
+            raise DalabError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N, mps)")
         self.data_dir = data_dir
         self.log = log
         self.specs = plan(preset, self.seeds)
@@ -262,9 +267,10 @@ class Study:
         self.log(f"study '{self.preset.name}': {n} runs ({len(self.specs) // self.seeds} configurations x "
                  f"{self.seeds} seeds) into {self.out}")
         trained, spent = 0, 0.0
-        if self.jobs > 1:
+        parallel = self.jobs > 1 or self.launcher is not None
+        if parallel:
             self._run_parallel()
-        for i, spec in enumerate([] if self.jobs > 1 else self.specs, 1):
+        for i, spec in enumerate([] if parallel else self.specs, 1):
             folder = spec.folder(self.out, self.preset)
             cached = (folder / "summary.json").is_file()
             t = time.perf_counter()
@@ -290,7 +296,8 @@ class Study:
         return results
 
     def _run_parallel(self) -> None:
-        """``--jobs N``: independent runs in N processes; pseudo-label runs after their teachers."""
+        """``--jobs N`` (independent runs in N processes) or a launcher (Slurm jobs); pseudo-label runs
+        after their teachers, in a second wave."""
         from ..training.pool import Job, run_parallel
 
         for phase in (False, True):  # teachers first, then the runs that start from them
@@ -304,7 +311,10 @@ class Study:
                     continue
                 cfg = train_config(spec, self.preset, self.device, self.data_dir, init)
                 todo.append(Job(f"{spec.key} seed {spec.seed}", cfg, spec.folder(self.out, self.preset)))
-            run_parallel(todo, self.jobs, self.threads, log=self.log)
+            if self.launcher is not None:
+                self.launcher.run(todo)
+            else:
+                run_parallel(todo, self.jobs, self.threads, log=self.log)
 
     # ------------------------------------------------------------------ analysis
     def _data(self):

@@ -93,6 +93,7 @@ class AdaptSeg(_OutputDiscriminatorMixin, Method):
     r"""Output-space adversarial training (see the module docstring for the loss)."""
 
     name = "adaptseg"
+    version = 1
     tasks = ("segmentation",)
 
     def __init__(self, lambda_adv: float = 0.001, ndf: int = 32):

@@ -68,6 +68,7 @@ class MinEnt(Method):
     r"""Direct entropy minimisation on target pixels (see the module docstring)."""
 
     name = "minent"
+    version = 1
     tasks = ("segmentation",)
 
     def __init__(self, lambda_ent: float = 0.001):
@@ -87,6 +88,7 @@ class AdvEnt(AdaptSeg):
     game played on self-information maps instead of softmax maps."""
 
     name = "advent"
+    version = 1
 
     def __init__(self, lambda_adv: float = 0.001, lambda_ent: float = 0.001, ndf: int = 32):
         super().__init__(lambda_adv, ndf)

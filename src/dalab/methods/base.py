@@ -37,8 +37,8 @@ class Method(nn.Module):
     buffers (a teacher). The trainer optimises ``model.parameters()`` plus the method's
     own ``parameters()`` and checkpoints the method's ``state_dict()``.
 
-    Subclasses set ``name`` and implement :meth:`loss`; hooks are optional. ``tasks`` names the
-    tasks a method is written for: the segmentation methods set ``("segmentation",)``.
+    Subclasses set ``name`` and ``version`` and implement :meth:`loss`; hooks are optional. ``tasks``
+    names the tasks a method is written for: the segmentation methods set ``("segmentation",)``.
     """
 
     name: ClassVar[str] = "base"
@@ -49,7 +49,9 @@ class Method(nn.Module):
     needs_target_set: ClassVar[bool] = False
     #: the tasks (see :mod:`dalab.tasks`) whose labels and networks the method's loss handles
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
-    #: bumped when the method's behaviour changes, so that a benchmark does not reuse runs made before
+    #: the version of the method's behaviour, declared by each method class: raised when a change makes
+    #: runs of earlier versions wrong, so that ``dalab benchmark`` trains them again instead of reusing
+    #: them (a run that records no version counts as version 1)
     version: ClassVar[int] = 1
     #: training options the method's published recipe sets (e.g. ``{"warmup": 0.0375}``): a run takes them
     #: where the user leaves the setting to the method (TrainConfig's None)

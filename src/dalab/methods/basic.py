@@ -12,6 +12,7 @@ class SourceOnly(Method):
     r"""Lower bound: :math:`\min_\theta \; \mathrm{CE}(C(F(x_s)), y_s)`; target images unused."""
 
     name = "source-only"
+    version = 1
     uses_target = False
     tasks = ("classification", "segmentation")
 
@@ -26,6 +27,7 @@ class TargetOnly(Method):
     not domain adaptation; it is reported only as the ceiling ("train on target")."""
 
     name = "target-only"
+    version = 1
     uses_target_labels = True
     tasks = ("classification", "segmentation")
 

@@ -104,6 +104,7 @@ class CBST(Method):
     r"""Class-balanced self-training (see the module docstring)."""
 
     name = "cbst"
+    version = 1
     tasks = ("segmentation",)
     needs_target_set = True
 

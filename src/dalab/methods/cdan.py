@@ -68,6 +68,7 @@ def weighted_domain_loss(d_logits: torch.Tensor, n_source: int,
 
 class CDAN(Method):
     name = "cdan"
+    version = 1
     entropy_conditioning = False
 
     def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0,
@@ -121,4 +122,5 @@ class CDANE(CDAN):
     """CDAN+E: CDAN with entropy conditioning (see the module docstring)."""
 
     name = "cdan+e"
+    version = 1
     entropy_conditioning = True

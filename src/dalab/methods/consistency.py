@@ -101,6 +101,7 @@ def confident_squared_difference(student_probs: torch.Tensor, teacher_probs: tor
 
 class MeanTeacher(Method):
     name = "mean-teacher"
+    version = 1
 
     def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 3.0,
                  cls_balance: float = 0.005, source_aug: str = "strong", target_aug: str = "strong"):
@@ -140,6 +141,7 @@ class MeanTeacher(Method):
 
 class FixMatch(Method):
     name = "fixmatch"
+    version = 1
 
     def __init__(self, threshold: float = 0.95, weight: float = 1.0, source_aug: str = "weak"):
         super().__init__()
@@ -175,6 +177,7 @@ def warmup_weight(p: float) -> float:
 
 class AdaMatch(Method):
     name = "adamatch"
+    version = 1
 
     def __init__(self, tau: float = 0.9, weight: float = 1.0, align: bool = True):
         super().__init__()

@@ -109,9 +109,10 @@ class DACS(Method):
     r"""Cross-domain ClassMix with a mean teacher (see the module docstring)."""
 
     name = "dacs"
-    tasks = ("segmentation",)
-    #: 2: the blur's sigma is scaled to the image (0.15-1.15 px at 512-px crops)
+    # 2: dalab 0.8.0 added the authors' colour jitter and blur of the mixed images (runs of 0.7.0 lack them);
+    # 3: the blur's sigma is scaled to the image (0.15-1.15 px at 512-px crops; dalab 0.9.0)
     version = 3
+    tasks = ("segmentation",)
     # the augmentation of the mixed images (vikolss/DACS utils/transformsgpu.py); sigma in pixels of 512-px crops
     jitter_strength = 0.25
     jitter_p = 0.8

@@ -149,6 +149,7 @@ class DANN(Method):
     """
 
     name = "dann"
+    version = 1
     needs_domain_head = True
     tasks = ("classification", "segmentation")
 
@@ -181,6 +182,7 @@ class NoGRL(DANN):
     """DANN's network without gradient reversal (see the module docstring)."""
 
     name = "no-grl"
+    version = 1
 
     def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0):
         super().__init__(lambda_max, schedule, gamma, reverse=False)

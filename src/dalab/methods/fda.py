@@ -125,9 +125,9 @@ class FDA(Method):
     r"""Fourier Domain Adaptation with the robust entropy term (see the module docstring)."""
 
     name = "fda"
-    tasks = ("segmentation",)
     #: 2: beta is read at the authors' 512-px crops and the window scaled to the image (was 0.09 of the image)
     version = 2
+    tasks = ("segmentation",)
 
     def __init__(self, beta: float = 0.01, lambda_ent: float = 0.005, eta: float = 2.0, eps: float = 1e-3):
         super().__init__()

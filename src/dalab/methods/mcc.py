@@ -43,6 +43,7 @@ def mcc_loss(target_logits: torch.Tensor, temperature: float = 2.5) -> torch.Ten
 
 class MCC(Method):
     name = "mcc"
+    version = 1
 
     def __init__(self, temperature: float = 2.5, mu: float = 1.0):
         super().__init__()

@@ -65,10 +65,11 @@ class MIC(DACS):
     r"""DACS plus masked image consistency (see the module docstring)."""
 
     name = "mic"
+    # MIC came with DACS's augmentation (dalab 0.8.0): no MIC run lacks it. A change to the DACS part
+    # raises both versions. 2: blocks of 32 px on 512-px crops, scaled to the image (was 1/8 of the shorter
+    # side), and the blur of DACS underneath scaled too (dalab 0.9.0)
+    version = 2
     tasks = ("segmentation",)
-    #: 2: blocks of 32 px on 512-px crops, scaled to the image (was 1/8 of the shorter side);
-    #: the blur of DACS underneath is scaled too
-    version = 3
 
     def __init__(self, ema: float = 0.99, threshold: float = 0.968, weight: float = 1.0, augment: bool = True,
                  mask_ratio: float = 0.7, mask_block: float = 32.0, mask_weight: float = 1.0):

@@ -111,6 +111,7 @@ class PseudoLabel(_PseudoLabelMixin, Method):
     """Source cross-entropy + ``weight`` x cross-entropy on the selected target pseudo-labels."""
 
     name = "pseudo-label"
+    version = 1
 
     def __init__(self, threshold: float = 0.9, class_balanced: bool = False, fraction: float = 0.5,
                  weight: float = 1.0, relabel_every: int = 1):
@@ -130,6 +131,7 @@ class DANNPseudoLabel(_PseudoLabelMixin, DANN):
     """DANN's loss + the same pseudo-label term."""
 
     name = "dann-pl"
+    version = 1
 
     def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0,
                  threshold: float = 0.9, class_balanced: bool = False, fraction: float = 0.5,

@@ -56,6 +56,7 @@ from .losses import entropy, kl_logits, vat_loss
 
 class VADA(Method):
     name = "vada"
+    version = 1
     needs_domain_head = True
 
     def __init__(self, lambda_d: float = 1e-2, lambda_s: float = 0.0, lambda_t: float = 1e-2,
@@ -96,6 +97,7 @@ class VADA(Method):
 
 class DIRTT(Method):
     name = "dirt-t"
+    version = 1
 
     def __init__(self, beta: float = 1e-2, lambda_t: float = 1e-2, vat_eps: float = 1.0,
                  teacher_every: int = 1):

@@ -43,16 +43,45 @@ def default_threads(jobs: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, jobs))
 
 
+def finished_summary(job: Job) -> dict | None:
+    """The ``summary.json`` of ``job``'s run when it is finished and kept, else None (to be trained).
+
+    A finished run asked for more epochs than it has is continued (the worker resumes it), so it
+    counts as not finished; any other finished run (completed or diverged) is kept.
+    """
+    summ = job.out / "summary.json"
+    s = json.loads(summ.read_text()) if summ.is_file() else None
+    if s is not None and not (s.get("status") == "completed" and s.get("epochs_done", 0) < job.config.epochs):
+        return s
+    return None
+
+
+def run_outcome(job: Job, returncode: int, log_path: str | Path | None = None) -> dict:
+    """What a worker that exited with ``returncode`` left: its ``summary.json``, the failure it recorded
+    in ``failure.json`` (then removed, so the run is retried next time), or a failure record made from the
+    exit code and the last line of ``log_path``."""
+    summ, fail = job.out / "summary.json", job.out / "failure.json"
+    if summ.is_file():
+        return json.loads(summ.read_text())
+    if fail.is_file():
+        reason = json.loads(fail.read_text())["failure"]
+        fail.unlink()
+        return failure_record(job.config.method, job.config.seed, reason)
+    log = Path(log_path) if log_path else None
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log and log.is_file() else []
+    how = f"killed by signal {-returncode}" if returncode < 0 else f"exited with code {returncode}"
+    return failure_record(job.config.method, job.config.seed,
+                          f"worker {how}" + (f": {tail[0][:200]}" if tail else ""))
+
+
 def run_parallel(jobs_list: list[Job], jobs: int, threads: int | None = None, log=print) -> dict[str, dict]:
     """Run every job (skipping finished ones); returns ``label -> summary`` (or a failure record)."""
     threads = threads or default_threads(jobs)
     results: dict[str, dict] = {}
     pending = []
     for job in jobs_list:
-        summ = job.out / "summary.json"
-        s = json.loads(summ.read_text()) if summ.is_file() else None
-        # a finished run asked for more epochs is continued (the worker resumes it); any other is kept
-        if s is not None and not (s.get("status") == "completed" and s.get("epochs_done", 0) < job.config.epochs):
+        s = finished_summary(job)
+        if s is not None:
             results[job.label] = s
         else:
             pending.append(job)
@@ -78,17 +107,7 @@ def run_parallel(jobs_list: list[Job], jobs: int, threads: int | None = None, lo
                 if rc is None:
                     still.append((job, p, logf, t0))
                     continue
-                summ, fail = job.out / "summary.json", job.out / "failure.json"
-                if summ.is_file():
-                    res = json.loads(summ.read_text())
-                elif fail.is_file():
-                    reason = json.loads(fail.read_text())["failure"]
-                    res = failure_record(job.config.method, job.config.seed, reason)
-                    fail.unlink()
-                else:
-                    tail = Path(logf).read_text(errors="replace").strip().splitlines()[-1:] if Path(logf).exists() else []
-                    reason = f"worker exited with code {rc}" + (f": {tail[0][:200]}" if tail else "")
-                    res = failure_record(job.config.method, job.config.seed, reason)
+                res = run_outcome(job, rc, logf)
                 results[job.label] = res
                 acc = headline(res, "target_test")
                 log(f"{job.label}: {res.get('status')}" + (f", target {100 * acc:.1f}%" if acc is not None else

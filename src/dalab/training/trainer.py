@@ -369,6 +369,7 @@ class Trainer:
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return {"config": self.cfg.to_dict(), "epoch": epoch, "model": self.model.state_dict(),
+                "method_version": self.method.version, "method_params": self.method.describe(),
                 "method": self.method.state_dict(), "method_rng": self.method.rng_state(),
                 "optimizer": self.opt.state_dict(), "speed_choice": self.speed.to_dict(), "rng": rng,
                 "data": self.data.state_dict(), "train_seconds": self.train_seconds,
