@@ -65,9 +65,11 @@ def test_calibrate_bn_recomputes_exact_statistics_of_one_domain():
 
 def test_bn_domain_context_and_unknown_domain():
     net = DANNNet(batch_norm=True)
+    bns = [m for m in net.modules() if isinstance(m, DomainBatchNorm2d)]
+    assert len(bns) == 2  # Ganin's network: one after each convolution
     with bn_domain(net, "target"):
-        assert all(m.domain == 1 for m in net.modules() if isinstance(m, DomainBatchNorm2d))
-    assert all(m.domain == 0 for m in net.modules() if isinstance(m, DomainBatchNorm2d))
+        assert [m.domain for m in bns] == [1, 1]
+    assert [m.domain for m in bns] == [0, 0]
     with pytest.raises(ValueError, match="unknown batch-norm domain"):
         set_bn_domain(net, "elsewhere")
 
