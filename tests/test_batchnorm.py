@@ -183,7 +183,7 @@ def _split_step(method_name, arch, one_pass, monkeypatch, channels_last=False):
     return loss.detach(), grads, bufs, {k: v.detach().float() for k, v in logs.items()}
 
 
-# conv9 (batch norm in the label head too): one method per helper is enough, at ~1 s a method
+# conv9 (batch norm in the label head too): one method per per-domain function is enough, at ~1 s a method
 @pytest.mark.parametrize("method_name,arch", [(m, "ganin") for m in PER_DOMAIN_METHODS]
                          + [(m, "conv9") for m in ("dann", "vada", "mcc", "fixmatch")])
 def test_one_pass_with_per_domain_statistics_matches_two_passes(method_name, arch, monkeypatch):
