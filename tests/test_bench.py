@@ -99,7 +99,8 @@ def test_ops_per_step_conv9_uses_the_suite_settings(tiny_data, monkeypatch):
 
 
 def _gpu_conv9(*args, data=None, **env_extra):
-    """bench/gpu_conv9.sh with ARGS, on the CPU (DEVICE=cpu), with DALAB_DATA=data when given."""
+    """bench/gpu_conv9.sh with ARGS, on the CPU (DEVICE=cpu), with DALAB_DATA=data when given. The runs
+    that train pass --precision fp32: measuring the precision of conv9 takes minutes on a 2-core CPU."""
     import os
     import subprocess
     import sys
@@ -120,7 +121,7 @@ def test_gpu_conv9_script_dry_run_returns_results_and_weights(tiny_data, tmp_pat
 
     work, ret = tmp_path / "work", tmp_path / "ret"
     assert subprocess.run(["bash", "-n", str(BENCH / "gpu_conv9.sh")]).returncode == 0
-    p = _gpu_conv9(work, ret, data=tiny_data, EXTRA="--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1",
+    p = _gpu_conv9(work, ret, data=tiny_data, EXTRA="--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1 --precision fp32",
                    BUDGET_S="400", REF_NEEDS_S="1", CHAIN_OUT="c9", CHAIN_EXTRA="--epochs-for adamatch=2")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "conv9 chain: rc 0" in p.stdout and "reference rows: rc 0" in p.stdout
@@ -141,7 +142,7 @@ def test_gpu_conv9_script_runs_other_rows_of_the_suite(tiny_data, tmp_path):
     import tarfile
 
     work, ret = tmp_path / "work", tmp_path / "ret"
-    p = _gpu_conv9(work, ret, data=tiny_data, EXTRA="--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1",
+    p = _gpu_conv9(work, ret, data=tiny_data, EXTRA="--epochs 1 --limit-train 128 --limit-eval 32 --seeds 1 --precision fp32",
                    BUDGET_S="400", REF_NEEDS_S="99999", CHAIN_OUT="rest", CHAIN_METHODS="dann", CHAIN_JOBS="2")
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "| dann |" in p.stdout and "| adamatch |" not in p.stdout
