@@ -32,7 +32,7 @@ test: data
 
 # The documentation site (mkdocs.yml) built with --strict, so a broken link, anchor or docstring fails,
 # into a temporary folder that is removed afterwards; its log is shown only on failure. Not --quiet:
-# mkdocs 1.6 then drops the warnings before --strict counts them (mkdocs issue 4126).
+# mkdocs 1.6 then drops the warnings before --strict counts them (mkdocs#4126).
 # `$(BIN)/mkdocs serve` previews the site.
 site-check: $(STAMP)
 	@site=$$(mktemp -d) && log="$$site.log" && \

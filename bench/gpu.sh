@@ -60,7 +60,8 @@ stage default-run 90 $DALAB train --method dann --device cuda --out default-dann
 # 5. every recipe on the larger conv9 network, 3 seeds, runs in parallel on the one GPU. Measured on the H100
 #    (2026-11-27, dalab 0.4.0, 3 processes at once): AdaMatch 171 s and DIRT-T 217 s per 10-epoch run; the
 #    suite's AdaMatch now runs 20 epochs (329 s on the H200), so the two chains (VADA -> DIRT-T, AdaMatch ->
-#    DIRT-T) alone take over 500 s: this stage is cut unless it is given more, and bench/gpu_conv9.sh runs
-#    issue 4's rows under a deadline, in two calls, and brings their weights back
+#    DIRT-T) alone take over 500 s: this stage is cut unless it is given more. bench/gpu_conv9.sh runs the
+#    AdaMatch -> DIRT-T rows in a time budget of its own (two runs of at most 10 minutes each, the second
+#    continuing the first) and brings their weights back
 stage conv9 400 $DALAB benchmark --suite digits-mnistm-conv9 --seeds 3 --device cuda --jobs "$(nproc)" --out conv9 --quiet
 echo "== stages"; cat stages.txt

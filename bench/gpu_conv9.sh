@@ -1,26 +1,29 @@
 #!/usr/bin/env bash
-# Issue 4's acceptance runs on one GPU, under a deadline per call of at most ~10 minutes (the chain
-# of 20 AdaMatch and 10 DIRT-T epochs needs two calls; a cut chain continues, see below):
+# The conv9 rows of docs/benchmark-digits-mnistm.md on one GPU, in a time budget of BUDGET_S seconds
+# (560 by default: with data preparation and packing, one run of the script fits in 10 minutes).
+# The chain of 20 AdaMatch and 10 DIRT-T epochs takes longer than that, so it is run twice, the
+# second run continuing what the first one stopped (see below):
 #
 #     bash bench/gpu_conv9.sh WORK RETURN [MNIST_PICKLE]      # e.g. /tmp/g "$OUT" .gpu/mnist.pkl.gz
 #
 # 1. the digits-mnistm-conv9 suite's AdaMatch (20 epochs) and DIRT-T-from-AdaMatch (10 epochs) rows, 3 seeds,
 #    the three seeds in parallel processes on the one card (DIRT-T of a seed starts from that seed's
-#    AdaMatch model.pt). On the H200 that took 545 s + 165 s in two calls: the first is cut at the
-#    deadline and the second continues it (see below);
+#    AdaMatch model.pt). On an NVIDIA H200 (2026-11-27, dalab 0.5.0) that took 545 s + 165 s in two
+#    runs: the first stopped at its budget and the second continued it (see below);
 # 2. only if enough time is left (estimated, see REF_NEEDS_S): the source-only and oracle rows.
 # CHAIN_OUT and CHAIN_EXTRA run another chain, e.g. a candidate of a label-free sweep (dalab 0.5.0's 10
 # AdaMatch epochs, the setting before the suite's 20):
 #     CHAIN_OUT=conv9-a10 CHAIN_EXTRA="--epochs-for adamatch=10" REF_NEEDS_S=99999 bash bench/gpu_conv9.sh ...
-# Everything is cut at DEADLINE_S seconds after the start, so the files come back even when the runs
-# do not finish. RETURN receives results.tgz (summaries, metrics, tables, logs) and one tar of weights
-# per seed: model.pt of each finished run, ckpt.pt of an unfinished one. To continue a cut chain on
-# another machine, unpack results.tgz and the weights tars into a fresh WORK and run this again
-# (`dalab benchmark` resumes each unfinished run from its ckpt.pt). A tar that would pass 15 MiB (the GPU
-# machines used so far returned files of at most 16 MiB) is split into one tar per run.
+# Every benchmark stops 15 s before BUDGET_S seconds from the start, so the files come back even when
+# the runs do not finish. RETURN receives results.tgz (summaries, metrics, tables, logs) and one tar of
+# weights per seed: model.pt of each finished run, ckpt.pt of an unfinished one. To continue a cut chain
+# on another machine, unpack results.tgz and the weights tars into a fresh WORK and run this again
+# (`dalab benchmark` resumes each unfinished run from its ckpt.pt). A tar that would pass 15 MiB is
+# split into one tar per run, so that each returned file stays under 16 MiB.
 # CHAIN_METHODS (default "adamatch,dirt-t (from adamatch)") and CHAIN_JOBS (default 3, one process per run)
 # run other rows of the suite in the chain's place, e.g. CHAIN_METHODS="dann,cdan,fixmatch" CHAIN_JOBS=9.
 # EXTRA and CHAIN_EXTRA are split on spaces (no quoting inside them); CHAIN_OUT is a plain folder name.
+# BUDGET_S was named DEADLINE_S up to dalab 0.8.0; that name is still read when BUDGET_S is not set.
 # Exit status: 2 for bad arguments or a failed data preparation, else the chain's benchmark's.
 # Runs with the repo's sources (PYTHONPATH=src).
 set -u
@@ -31,7 +34,7 @@ WORK=$(realpath -m "$1")
 RET=$(realpath -m "$2")
 PKL=${3:+$(realpath "$3")}
 PY=${PYTHON:-python3}
-DEADLINE_S=${DEADLINE_S:-560}
+BUDGET_S=${BUDGET_S:-${DEADLINE_S:-560}}
 REF_NEEDS_S=${REF_NEEDS_S:-180}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-}  # more benchmark flags, e.g. for a dry run on the CPU: "--epochs 1 --limit-train 256"
@@ -46,7 +49,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$REPO/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export DALAB_DATA=${DALAB_DATA:-$WORK/data}
 T0=$(date +%s)
-left() { echo $(( DEADLINE_S - ($(date +%s) - T0) )); }
+left() { echo $(( BUDGET_S - ($(date +%s) - T0) )); }  # seconds left of the budget
 mkdir -p "$WORK" "$RET"
 cd "$WORK" || exit 2
 DALAB=("$PY" -m dalab)
@@ -60,7 +63,7 @@ pack() {  # small files only; written to a temp name of its own, then renamed
     mv "$tmp" "$RET/results.tgz"
 }
 
-run_until_deadline() {  # NAME COMMAND...: runs COMMAND (and its workers) until 15 s before the deadline
+run_in_budget() {  # NAME COMMAND...: runs COMMAND (and its workers) until 15 s before the budget is spent
     local name=$1 t budget rc
     shift
     budget=$(( $(left) - 15 ))
@@ -115,7 +118,7 @@ mnistm_sha | tee -a machine.txt
 
 echo "== conv9 chain ($(left) s left)"
 # shellcheck disable=SC2086  # EXTRA and CHAIN_EXTRA are lists of flags
-run_until_deadline "conv9 chain" "${DALAB[@]}" benchmark --suite digits-mnistm-conv9 --seeds 3 --device "$DEVICE" \
+run_in_budget "conv9 chain" "${DALAB[@]}" benchmark --suite digits-mnistm-conv9 --seeds 3 --device "$DEVICE" \
     --jobs "$CHAIN_JOBS" $EXTRA $CHAIN_EXTRA --methods "$CHAIN_METHODS" --out "$CHAIN_OUT" --quiet \
     >"$CHAIN_OUT.log" 2>&1
 chain_rc=$?
@@ -124,7 +127,7 @@ tail -12 "$CHAIN_OUT.log"
 if [ "$(left)" -ge "$REF_NEEDS_S" ]; then
     echo "== reference rows ($(left) s left)"
     # shellcheck disable=SC2086
-    run_until_deadline "reference rows" "${DALAB[@]}" benchmark --suite digits-mnistm-conv9 --seeds 3 \
+    run_in_budget "reference rows" "${DALAB[@]}" benchmark --suite digits-mnistm-conv9 --seeds 3 \
         --device "$DEVICE" --jobs 6 $EXTRA --methods "source-only,target-only (oracle)" --out conv9-ref --quiet \
         >conv9-ref.log 2>&1
     tail -8 conv9-ref.log

@@ -82,7 +82,7 @@ def test_the_cache_is_used_on_the_second_call(tiny_data_copy, monkeypatch):
 
 def test_explicit_flags_skip_the_measurement(tiny_data_copy, monkeypatch):
     def fail(*a, **k):
-        raise AssertionError("measured although the precision was given")
+        raise AssertionError("measured although --precision was set explicitly")
     monkeypatch.setattr(autotune, "measure_run", fail)
     s = Trainer(_cfg(tiny_data_copy, precision="fp32"), progress=False).fit()
     assert (s["precision"], s["memory_format"]) == ("fp32", "channels_last")

@@ -65,9 +65,11 @@ def test_calibrate_bn_recomputes_exact_statistics_of_one_domain():
 
 def test_bn_domain_context_and_unknown_domain():
     net = DANNNet(batch_norm=True)
+    bns = [m for m in net.modules() if isinstance(m, DomainBatchNorm2d)]
+    assert len(bns) == 2  # Ganin's network: one after each convolution
     with bn_domain(net, "target"):
-        assert all(m.domain == 1 for m in net.modules() if isinstance(m, DomainBatchNorm2d))
-    assert all(m.domain == 0 for m in net.modules() if isinstance(m, DomainBatchNorm2d))
+        assert [m.domain for m in bns] == [1, 1]
+    assert [m.domain for m in bns] == [0, 0]
     with pytest.raises(ValueError, match="unknown batch-norm domain"):
         set_bn_domain(net, "elsewhere")
 
@@ -181,7 +183,7 @@ def _split_step(method_name, arch, one_pass, monkeypatch, channels_last=False):
     return loss.detach(), grads, bufs, {k: v.detach().float() for k, v in logs.items()}
 
 
-# conv9 (batch norm in the label head too): one method per helper is enough, at ~1 s a method
+# conv9 (batch norm in the label head too): one method per per-domain function is enough, at ~1 s a method
 @pytest.mark.parametrize("method_name,arch", [(m, "ganin") for m in PER_DOMAIN_METHODS]
                          + [(m, "conv9") for m in ("dann", "vada", "mcc", "fixmatch")])
 def test_one_pass_with_per_domain_statistics_matches_two_passes(method_name, arch, monkeypatch):
@@ -231,3 +233,73 @@ def test_split_at_the_ends_uses_one_domain():
     bn(x + 5)
     assert bn.num_batches_tracked.tolist() == [1, 1]
     assert bn.running_mean[1].mean() > bn.running_mean[0].mean() + 0.4
+
+
+class _Mixed(nn.Module):
+    """A user's network: an ordinary BatchNorm2d (a pretrained backbone's) before dalab's per-domain one."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.plain = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+        self.conv2, self.dom = nn.Conv2d(4, 5, 3), DomainBatchNorm2d(5)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+        x = x.float() / 255
+        h = torch.relu(self.plain(self.conv1(x)))
+        return self.dom(self.conv2(self.drop(h)))
+
+
+def _mixed_with_backbone_statistics():
+    torch.manual_seed(0)
+    net = _Mixed()
+    net(torch.randint(0, 256, (16, 3, 10, 10), dtype=torch.uint8))  # training: the backbone's running statistics
+    net.drop.eval()  # a user's choice of modes that calibration must give back
+    assert int(net.plain.num_batches_tracked) == 1 and not torch.equal(net.plain.running_mean, torch.zeros(4))
+    return net
+
+
+def test_calibrate_bn_leaves_an_ordinary_batchnorm_alone_by_default():
+    net = _mixed_with_backbone_statistics()
+    net.drop.p = 0.0  # calibration runs in training mode (dropout on, as in training): off for the exact check
+    before = {k: b.clone() for k, b in net.plain.named_buffers()}
+    dom_before = net.dom.running_mean.clone()
+    x = torch.randint(100, 256, (40, 3, 10, 10), dtype=torch.uint8)
+    assert calibrate_bn(net, x, "target", batch_size=40)
+    for k, b in net.plain.named_buffers():
+        assert torch.equal(b, before[k]), f"ordinary batch norm's {k} changed"
+    assert torch.equal(net.dom.running_mean[0], dom_before[0])  # source row untouched
+    assert not torch.equal(net.dom.running_mean[1], dom_before[1])  # target row recomputed
+    # ... from the features of the network as it evaluates: the backbone's batch norm with its running statistics
+    with torch.no_grad():
+        net.eval()
+        pre = net.conv2(torch.relu(net.plain(net.conv1(x.float() / 255))))
+    assert torch.allclose(net.dom.running_mean[1], pre.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(net.dom.running_var[1], pre.var(dim=(0, 2, 3)), rtol=1e-4)
+    net.train()
+    net.drop.eval()
+    modes = {n: m.training for n, m in net.named_modules()}
+    calibrate_bn(net, x, "target")
+    assert {n: m.training for n, m in net.named_modules()} == modes  # each module's own mode given back
+    assert modes["drop"] is False and modes["plain"] is True
+
+
+def test_calibrate_bn_all_recomputes_the_ordinary_batchnorm_on_request():
+    net = _mixed_with_backbone_statistics()
+    net.drop.p = 0.0
+    x = torch.randint(100, 256, (40, 3, 10, 10), dtype=torch.uint8)
+    assert calibrate_bn(net, x, "target", batch_size=40, layers="all")
+    with torch.no_grad():
+        pre = net.conv1(x.float() / 255)
+    assert torch.allclose(net.plain.running_mean, pre.mean(dim=(0, 2, 3)), atol=1e-5)  # one batch: exact
+    assert torch.allclose(net.plain.running_var, pre.var(dim=(0, 2, 3)), rtol=1e-4)
+    assert int(net.plain.num_batches_tracked) == 1 and net.plain.momentum == 0.1  # momentum restored
+    assert int(net.dom.num_batches_tracked[1]) == 1
+    # only ordinary batch norm: nothing to do by default, recomputed with layers="all"
+    plain_only = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+    assert not calibrate_bn(plain_only, x.float(), "target")
+    assert torch.equal(plain_only[1].running_mean, torch.zeros(4))
+    assert calibrate_bn(plain_only, x.float(), "target", layers="all")
+    assert not torch.equal(plain_only[1].running_mean, torch.zeros(4))
+    with pytest.raises(ValueError, match="calibration layers"):
+        calibrate_bn(net, x, "target", layers="plain")

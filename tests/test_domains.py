@@ -130,8 +130,11 @@ def test_svhn_import(tmp_path):
     assert set(np.unique(d["test"].y)) == set(range(10))              # 10 -> 0
     expect = resize_batch(np.moveaxis(xt, 3, 0))
     assert np.array_equal(d["test"].x, expect)
-    # a single file names its folder too
+    # a single file names its folder too: the same domain
     import_svhn(tmp_path / "data2", src / "test_32x32.mat")
+    d2 = load_domain("svhn", tmp_path / "data2")
+    for s in ("train", "val", "test"):
+        assert np.array_equal(d2[s].x, d[s].x) and np.array_equal(d2[s].y, d[s].y), s
 
 
 def test_svhn_errors_name_the_file(tmp_path):

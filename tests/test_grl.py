@@ -60,5 +60,5 @@ def test_lambda_schedule_kinds():
     assert LambdaSchedule(0.3, "constant")(0.0) == 0.3
     assert LambdaSchedule(0.3, "constant")(0.9) == 0.3
     assert LambdaSchedule(1.0, "ganin", 10)(0.5) == ganin_lambda(0.5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown lambda schedule 'nope'"):
         LambdaSchedule(1.0, "nope")(0.5)

@@ -63,8 +63,10 @@ def test_pca2_orders_by_variance():
 
 
 def test_bad_config_is_refused():
-    with pytest.raises(DalabError):
+    with pytest.raises(DalabError, match="--n must be >= 4"):
         MoonsConfig(n=2).validate()
+    with pytest.raises(DalabError, match="bad --lr"):
+        MoonsConfig(lr=float("nan")).validate()
 
 
 def test_cli_writes_figure_and_json(tmp_path, capsys):

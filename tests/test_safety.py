@@ -114,11 +114,20 @@ def test_good_checkpoint_loads_and_carries_a_digest(good_model):
 
 
 def test_checkpoint_without_digest_still_loads(good_model, tmp_path):
-    """Files written before the digest existed keep working."""
+    """Files written before the digest existed keep working: the same network, weights and config."""
     obj = torch.load(good_model, weights_only=True)
     del obj["sha256"]
     torch.save(obj, tmp_path / "old.pt")
-    load_model(tmp_path / "old.pt")
+    model, cfg = load_model(tmp_path / "old.pt")
+    assert cfg == obj["config"] and isinstance(model, DANNNet)
+    got = model.state_dict()
+    assert got.keys() == obj["state_dict"].keys()
+    for k, v in obj["state_dict"].items():
+        assert torch.equal(got[k], v), k
+    # the digest is what is optional, not the check: the same file with a wrong digest is refused
+    torch.save({**obj, "sha256": "0" * 64}, tmp_path / "wrong.pt")
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        load_model(tmp_path / "wrong.pt")
 
 
 def test_checkpoint_of_the_wrong_kind_is_named(good_model):

@@ -80,11 +80,13 @@ def test_ganin_lr_schedule():
     assert abs(ganin_lr(0.01, 1.0) - 0.01 / 11 ** 0.75) < 1e-12
 
 
-@pytest.mark.parametrize("bad", [dict(epochs=0), dict(batch_size=-1), dict(lambda_max=float("nan")),
-                                 dict(lr=0.0), dict(optimizer="rmsprop"), dict(precision="fp8"),
-                                 dict(lambda_schedule="cosine")])
-def test_config_validation(tiny_data, bad):
-    with pytest.raises(DalabError):
+@pytest.mark.parametrize("bad,words", [(dict(epochs=0), "--epochs"), (dict(batch_size=-1), "--batch-size"),
+                                       (dict(lambda_max=float("nan")), "--lambda-max"), (dict(lr=0.0), "--lr"),
+                                       (dict(optimizer="rmsprop"), "optimizer 'rmsprop'"),
+                                       (dict(precision="fp8"), "precision 'fp8'"),
+                                       (dict(lambda_schedule="cosine"), "lambda schedule 'cosine'")])
+def test_config_validation(tiny_data, bad, words):
+    with pytest.raises(DalabError, match=words):  # refused for the value given, not for another reason
         cfg(tiny_data, **bad).validate()
 
 

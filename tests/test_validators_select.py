@@ -87,7 +87,7 @@ def test_compute_validators_all_names():
     lsv, fsv, ysv, fs = torch.randn(40, 10), torch.randn(40, 16), torch.randint(0, 10, (40,)), torch.randn(50, 16)
     out = compute_validators(VALIDATORS, logits_t=lt, feats_t=ft, logits_sv=lsv, y_sv=ysv, feats_sv=fsv, feats_s=fs)
     assert set(out) == set(VALIDATORS) and all(math.isfinite(v) for v in out.values())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown validator 'oracle'"):
         compute_validators(["oracle"], logits_t=lt)
 
 

@@ -112,7 +112,7 @@ SUITES: dict[str, dict] = {
             SuiteEntry("dann", dict(GANIN_NET), name="dann (Ganin net)"),
         ],
     },
-    # large batches for a GPU (issue 6): the learning rate scales linearly with the batch (SGD 0.01 per 64
+    # large batches for a GPU: the learning rate scales linearly with the batch (SGD 0.01 per 64
     # images per domain) and the weight-EMA horizon stays the same number of epochs (decay 0.999^(B/64));
     # chosen by these two rules before any run, not by a target score
     "digits-mnistm-fast": {
@@ -127,7 +127,7 @@ SUITES: dict[str, dict] = {
             SuiteEntry("cdan", fast_batch(256, 20), name="cdan b256 e20"),
         ],
     },
-    # issue 4's next step, for a GPU: Shu et al.'s digit network (--arch conv9, the domain classifier on its
+    # for a GPU: Shu et al.'s digit network (--arch conv9, the domain classifier on its
     # second block as in their code) with their published training settings, taken as they are (the one change
     # since: AdaMatch's length, below):
     # Adam 1e-3 with beta1 0.5 at a constant rate, instance-normalised inputs, weight EMA 0.998 for evaluation;
@@ -154,7 +154,7 @@ SUITES: dict[str, dict] = {
             SuiteEntry("target-only", dict(SHU), name="target-only (oracle)"),
         ],
     },
-    # issue 5's domain-pair table: source-only, DANN and CDAN on six digit pairs
+    # the domain-pair table of docs/domains.md: source-only, DANN and CDAN on six digit pairs
     "digits-pairs": {
         "pairs": [("mnist", "mnistm"), ("mnistm", "mnist"), ("mnist", "syndigits"), ("syndigits", "mnistm"),
                   ("mnist", "uci-digits"), ("uci-digits", "mnist")],
@@ -165,7 +165,7 @@ SUITES: dict[str, dict] = {
             SuiteEntry("cdan"),  # the best adversarial method of the digits-mnistm suite (3 seeds, CPU)
         ],
     },
-    # segmentation (issue 19): procedural street scenes, a code-built stand-in for GTA5 -> Cityscapes (not those
+    # segmentation (docs/segmentation.md): procedural street scenes, a code-built stand-in for GTA5 -> Cityscapes (not those
     # datasets), SegNet, the segmentation recipe (TASK_RECIPES: Adam 1e-3, 16 + 16 scenes per step, 3 epochs),
     # every method with its published default hyper-parameters; the oracle row trains on the target labels
     "scenes": {

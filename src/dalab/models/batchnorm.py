@@ -16,9 +16,10 @@ one row of running statistics per domain (row 0 = source, row 1 = target):
 The row in use is the module's ``domain`` attribute (set it for a whole network with
 :func:`set_bn_domain` / :func:`bn_domain`). :func:`calibrate_bn` recomputes a row exactly from
 unlabelled images of that domain with the current weights (AdaBN); the trainer does this for
-source and target training images before every evaluation, so no label is involved. A row
-that was never filled falls back to row 0, so a model trained on one domain evaluates any
-domain with that domain's statistics.
+source and target training images before every evaluation, so no label is involved. Ordinary
+``nn.BatchNorm*`` layers (a user's backbone) keep their running statistics unless the caller
+asks for them too (``layers="all"``). A row that was never filled falls back to row 0, so a
+model trained on one domain evaluates any domain with that domain's statistics.
 
 One pass for both domains: with ``split = n`` (set for a whole network with :func:`bn_split`),
 a :class:`DomainBatchNorm2d` normalises rows ``[:n]`` of its input with source statistics and
@@ -155,24 +156,66 @@ def bn_domain(model: nn.Module, domain: int | str | None):
             m.domain = o
 
 
+CALIBRATE_LAYERS = ("domain", "all")
+
+
+def plain_bns(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """Every ordinary batch norm of ``model`` (``BatchNorm1d/2d/3d``, ``SyncBatchNorm``) that keeps running statistics."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats and m.running_mean is not None]
+
+
 @torch.no_grad()
 def calibrate_bn(model: nn.Module, x: torch.Tensor, domain: int | str, batch_size: int = 1000,
-                 autocast=contextlib.nullcontext) -> bool:
-    """Recompute ``domain``'s running statistics from images ``x`` (no labels) with the current weights.
+                 autocast=contextlib.nullcontext, layers: str = "domain") -> bool:
+    r"""Recompute ``domain``'s running statistics from images ``x`` (no labels) with the current weights.
 
-    Exact cumulative averages of the per-batch statistics, as AdaBN prescribes. Returns False
-    (and does nothing) for a model without :class:`DomainBatchNorm2d` or an empty ``x``.
+    Exact cumulative averages of the per-batch statistics, as AdaBN prescribes: after batches
+    :math:`B_1..B_K` of the whole network's forward pass, a layer's row ``domain`` holds
+
+    .. math::
+
+        \mu_d = \frac{1}{K} \sum_k \operatorname{mean}(B_k), \qquad
+        \sigma_d^2 = \frac{1}{K} \sum_k \operatorname{var}_{\text{unbiased}}(B_k)
+
+    per channel, over every dimension but the channel of each layer's input in batch :math:`B_k`.
+
+    ``layers`` says which batch norm is recomputed:
+
+    - ``"domain"`` (the default): only the ``domain`` row of each :class:`DomainBatchNorm2d`.
+      Every ordinary batch norm (``nn.BatchNorm1d/2d/3d``, ``SyncBatchNorm``, for example in a
+      user's pretrained backbone) runs in evaluation mode with its own running statistics during
+      the pass, exactly as it will at evaluation time, and keeps them unchanged.
+    - ``"all"``: the ordinary batch norm's single set of running statistics is recomputed from
+      ``x`` as well (AdaBN applied to a plain backbone). It then holds ``domain``'s statistics,
+      whichever domain is evaluated next.
+
+    Every module's training flag and every :class:`DomainBatchNorm2d`'s ``domain`` and ``momentum``
+    are restored afterwards (ordinary batch norm's ``momentum`` too). Returns False (and does
+    nothing) when there is nothing to recompute (no :class:`DomainBatchNorm2d`, and for ``"all"``
+    no ordinary batch norm either) or ``x`` is empty.
     """
-    mods = domain_bns(model)
-    if not mods or len(x) == 0:
-        return False
+    if layers not in CALIBRATE_LAYERS:
+        raise ValueError(f"unknown batch-norm calibration layers {layers!r} ({', '.join(CALIBRATE_LAYERS)})")
     d = domain_index(domain)
-    was_training = model.training
+    mods = domain_bns(model)
+    plain = plain_bns(model)
+    recomputed = plain if layers == "all" else []
+    if not (mods or recomputed) or len(x) == 0:
+        return False
+    modes = [(m, m.training) for m in model.modules()]
     saved = [(m.domain, m.momentum) for m in mods]
+    saved_plain = [m.momentum for m in recomputed]
     for m in mods:
         m.reset_domain(d)
         m.domain, m.momentum = d, None
+    for m in recomputed:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average, as for DomainBatchNorm2d
     model.train()
+    if layers == "domain":
+        for m in plain:
+            m.eval()  # normalise with its own running statistics and leave them as they are
     dev = next(model.parameters()).device
     try:
         with autocast():
@@ -181,5 +224,8 @@ def calibrate_bn(model: nn.Module, x: torch.Tensor, domain: int | str, batch_siz
     finally:
         for m, (dom, mom) in zip(mods, saved):
             m.domain, m.momentum = dom, mom
-        model.train(was_training)
+        for m, mom in zip(recomputed, saved_plain):
+            m.momentum = mom
+        for m, was in modes:
+            m.training = was
     return True

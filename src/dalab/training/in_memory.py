@@ -161,7 +161,7 @@ def fit(model: nn.Module | None, method: Method | str, xs, ys, xt=None, *, yt=No
 
     The result's ``model`` is the trained network (``model`` itself when one was passed),
     ``history`` the per-epoch metrics rows and ``summary`` the run summary, with the last
-    epoch's accuracies (``nan`` where no evaluation pair was given).
+    epoch's accuracies (None where no evaluation pair was passed).
     """
     if isinstance(method, str):
         lam = {k: config[k] for k in ("lambda_max", "gamma") if k in config}
