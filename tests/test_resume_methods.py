@@ -80,7 +80,8 @@ def test_resume_is_exact_resident_segmentation(method, tiny_scenes, tmp_path):
 @pytest.fixture(scope="module")
 def small_trees(tmp_path_factory):
     """GTA5 and Cityscapes trees in their layouts with small images (the real sizes are tested in
-    test_real_segmentation.py): 12 GTA5 pairs at 64x128, 8 Cityscapes train images (no labels), 2 val."""
+    test_real_segmentation.py): 12 GTA5 pairs at 64x128, 8 Cityscapes train images and 2 val, labelled (the
+    oracle trains on them)."""
     from PIL import Image
 
     from realdata import PALETTE
@@ -107,14 +108,12 @@ def small_trees(tmp_path_factory):
     city = root / "cityscapes"
     for split, n in (("train", 8), ("val", 2)):
         (city / "leftImg8bit" / split / "x").mkdir(parents=True)
-        if split == "val":
-            (city / "gtFine" / split / "x").mkdir(parents=True)
+        (city / "gtFine" / split / "x").mkdir(parents=True)
         for k in range(n):
             img, lab = pair(64, 128)
             stem = f"x_000000_{k:06d}"
             Image.fromarray(img).save(city / "leftImg8bit" / split / "x" / f"{stem}_leftImg8bit.png")
-            if split == "val":
-                Image.fromarray(lab).save(city / "gtFine" / split / "x" / f"{stem}_gtFine_labelIds.png")
+            Image.fromarray(lab).save(city / "gtFine" / split / "x" / f"{stem}_gtFine_labelIds.png")
     return root
 
 

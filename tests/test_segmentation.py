@@ -319,3 +319,19 @@ def test_miou_over_a_named_subset_of_classes():
     assert miou_over(table, ["road", "train"]) == (pytest.approx(0.9), 1)  # absent from the labels: left out
     with pytest.raises(ValueError, match="no class 'bus'"):
         miou_over(table, ["road", "bus"])
+
+
+def test_a_batch_whose_pixels_are_all_ignored_has_zero_loss_and_no_gradient():
+    from dalab.tasks import IGNORE, task_loss
+
+    logits = torch.randn(2, 5, 6, 8, requires_grad=True)
+    y = torch.full((2, 12, 16), IGNORE, dtype=torch.uint8)
+    loss = task_loss(logits, y)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    # otherwise the mean over the scored pixels, as reduction="mean" computes it
+    y[0, :3, :4] = 1
+    logits.grad = None
+    full = torch.nn.functional.interpolate(logits, size=(12, 16), mode="bilinear", align_corners=False)
+    expected = torch.nn.functional.cross_entropy(full, y.long(), ignore_index=IGNORE)
+    assert torch.equal(task_loss(logits, y), expected) and torch.isfinite(expected)

@@ -344,7 +344,7 @@ def test_benchmark_continuation_killed_half_way_is_not_taken_for_finished(tiny_d
         raise _Killed
 
     with monkeypatch.context() as m:  # the process dies before the continuation's first checkpoint
-        m.setattr(Trainer, "_checkpoint", killed)
+        m.setattr(Trainer, "_checkpoint_state", killed)
         with pytest.raises(_Killed):
             run_benchmark("digits-mnistm", out=tmp_path, epochs=1, epochs_for={"source-only": 2}, **common)
     assert not (run / "summary.json").exists() and not (run / "model.pt").exists()

@@ -132,6 +132,7 @@ class DANNPseudoLabel(_PseudoLabelMixin, DANN):
 
     name = "dann-pl"
     version = 1
+    tasks = ("classification",)  # its pseudo-labels are one class per image (not DANN's pixel variant)
 
     def __init__(self, lambda_max: float = 1.0, schedule: str = "ganin", gamma: float = 10.0,
                  threshold: float = 0.9, class_balanced: bool = False, fraction: float = 0.5,

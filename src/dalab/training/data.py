@@ -104,6 +104,8 @@ def _streamed(cfg, method, device, dist, src, tgt) -> StreamedSource:
             evals[split] = dom[name].loader(max(1, b // 2), False, seed=cfg.seed, limit=cfg.limit_eval,
                                             **eval_opts, **common)
     facts["target_scored_split"] = tgt_split
+    if task.dense:
+        facts["resize"] = "native" if cfg.resize == "native" else "base"
     # how the scored images were fed: recorded in model.pt too, so that evaluate and select feed them the same way
     facts.update({"eval_size" if k == "size" else k: v for k, v in eval_opts.items() if k in ("size", "image_size")})
     if not task.dense:
