@@ -112,3 +112,40 @@ def test_a_crop_larger_than_the_images_is_one_line(real_trees, tmp_path, env_dat
               "--out", tmp_path / "run", "--quiet", env_data=env_data)
     assert r.returncode == 2, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "crop" in r.stderr and not (tmp_path / "run").exists()
+
+
+def test_a_first_step_too_large_for_the_memory_stops_with_one_line(real_trees, tmp_path, monkeypatch):
+    """The estimate of the first step (activations counted on a small probe, scaled to the crops) against the
+    memory available; here the machine is made to look small instead of training a huge crop."""
+    from dalab.errors import DalabError
+    from dalab.training import TrainConfig, Trainer
+    from dalab.training import memory
+
+    cfg = TrainConfig(method="dacs", source=f"gta5:{real_trees.gta5}", target=f"cityscapes:{real_trees.cityscapes}",
+                      crop_size=[256, 512], batch_size=2, epochs=1, workers=0, precision="fp32", device="cpu",
+                      data_dir=str(tmp_path / "cache"))
+    saved, pixels = memory.probe_bytes(*_probe_parts(cfg))
+    assert saved > 0 and pixels == memory.PROBE_BATCH * 64 * 64
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 10 * 2**20)  # 10 MiB free
+    with pytest.raises(DalabError, match="would not fit in memory: about .* GiB for the first step"):
+        Trainer(cfg, tmp_path / "run", progress=False).fit()
+    assert not (tmp_path / "run").exists()  # stopped before --out was touched
+
+
+def _probe_parts(cfg):
+    """(model, method, batch builder, input shape, device) as the trainer sets them up."""
+    import torch
+
+    from dalab.training import Trainer
+
+    t = Trainer(cfg, None, progress=False)
+    from dalab.tasks import get_task
+    from dalab.training.data import open_data
+    from dalab.training.distributed import env_dist_info
+
+    t.data = open_data(cfg, t.method, t.device, env_dist_info())
+    t.task = get_task(t.data.source.task)
+    t._check_network()
+    t.model = t._build_model()
+    t.method.setup(t.model, t.device)
+    return t.model, t.method, t._probe_batch, t.data.input_shape(), torch.device("cpu")

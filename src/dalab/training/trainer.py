@@ -45,6 +45,7 @@ from .device import device_name, resolve_device
 from .distributed import (all_finite, all_mean, barrier, broadcast_choice, env_dist_info, init_distributed,
                           wrap_step)
 from .fastpath import optimizer_kwargs
+from .memory import check_first_step
 from .rundir import RunDir, read_history
 from .schedules import lr_at
 
@@ -217,6 +218,9 @@ class Trainer:
         n_primary = self.data.n_train(primary)
         if B > n_primary:
             raise DalabError(f"--batch-size {B} is larger than the training set ({n_primary} images)")
+        if self.data.streamed:  # large images: a step too big for the machine stops here, not in a kill
+            self.memory_estimate = check_first_step(self.model, self.method, self._probe_batch,
+                                                    self.data.input_shape(), B // self.dist.world_size, self.device)
         # only now, after every input check, touch --out: a bad flag never changes an earlier run
         # a checkpoint of dalab < 0.9 records no resize: it read files at their own size
         defaults = {**TrainConfig().to_dict(), "resize": "native"}
@@ -244,6 +248,15 @@ class Trainer:
         if resume_ck is not None:
             self._restore(resume_ck)
         self.model.train()
+
+    def _probe_batch(self, n: int, hw) -> Batch:
+        """A batch of ``n`` blank images of size ``hw`` per domain, with labels of the task's kind (for
+        :func:`~dalab.training.memory.check_first_step`)."""
+        x = torch.zeros(n, 3, *hw, dtype=torch.uint8, device=self.device)
+        y = (torch.zeros(n, *hw, dtype=torch.uint8, device=self.device) if self.task.dense
+             else torch.zeros(n, dtype=torch.long, device=self.device))
+        return Batch(xs=x, ys=y, xt=x.clone(), yt=y.clone() if self.method.uses_target_labels else None, p=0.0,
+                     idx_t=torch.arange(n, device=self.device))
 
     def _check_network(self) -> None:
         """A network of the task: dalab's default for it, or one it names (one clear error otherwise)."""
@@ -438,6 +451,8 @@ class Trainer:
             "n_source_train": self.data.n_train("source"), "n_target_train": self.data.n_train("target"),
             **self.data.facts, "method_params": self.method.describe(), "config": cfg.to_dict(),
         }
+        if getattr(self, "memory_estimate", None):
+            s["memory_estimate"] = self.memory_estimate
         timing = getattr(self.data, "timing", lambda: {})()  # data read from files: how long the steps waited
         if timing:
             s.update(timing, data_wait_share=round(timing["data_wait_seconds"] / max(self.train_seconds, 1e-9), 4))
