@@ -471,9 +471,18 @@ def test_benchmark_table_gap_closed_and_per_class_means():
     assert so["target_per_class_mean"] == pytest.approx({"sky": 0.6, "road": 0.3})  # None (absent) left out
     g = gap_closed(rows)
     # source-only mean 0.35, oracle 0.75: dacs closes (0.50 - 0.35) / 0.40
-    assert g == pytest.approx({"source-only": 0.0, "dacs": 0.375, "target-only (oracle)": 1.0})
+    oracle = "target-only (oracle)"
+    assert g == {oracle: pytest.approx({"source-only": 0.0, "dacs": 0.375, oracle: 1.0})}
     table = format_table(rows, "scenes")
     assert "| dacs | 70.00 ± 0.00 | 50.00 ± 0.00 | 38 % | 1/1 |" in table
     assert "| method | road | sky | bus |" in table  # Cityscapes' train-id order
     assert "| source-only | 30.0 | 60.0 | n/a |" in table
     assert gap_closed(rows[:2]) == {} and "gap closed" not in format_table(rows[:2], "scenes")
+    # two oracles (e.g. with and without warm-up): the share against each, a column each
+    rows2 = aggregate({**{r["method"]: [] for r in rows},
+                       "source-only": [run("source-only", 0, 0.30, {}), run("source-only", 1, 0.40, {})],
+                       "dacs": [run("dacs", 0, 0.50, {})], oracle: [run("target-only", 0, 0.75, {})],
+                       "target-only (oracle, warm-up)": [run("target-only", 0, 0.65, {})]}, 2)
+    g2 = gap_closed(rows2)
+    assert g2[oracle]["dacs"] == pytest.approx(0.375) and g2["target-only (oracle, warm-up)"]["dacs"] == pytest.approx(0.5)
+    assert "gap closed vs target-only (oracle, warm-up)" in format_table(rows2, "scenes-recipe")

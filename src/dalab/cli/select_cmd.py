@@ -19,6 +19,10 @@ EPILOG = f"""validators (higher score = better; none reads a target label):
   snd         soft neighbourhood density of target predictions
   dev         deep embedded validation (importance-weighted source-val loss)
   reverse     source-val accuracy of a classifier fit to target pseudo-labels
+segmentation runs also (and not dev, reverse; source-acc is the source val mIoU):
+  class-entropy           minus the mean over predicted classes of their pixels' mean entropy
+  teacher-agreement       mIoU between the run's weight average and its raw weights' target maps
+  augmentation-agreement  mIoU between the target maps and those of the flipped images, flipped back
 
 examples:
   dalab select runs/ --validator snd
@@ -42,7 +46,8 @@ def add_parser(sub) -> None:
                    help="a validator, a comma-separated list, or 'all' (the first one ranks)")
     p.add_argument("--target-split", choices=["val", "train"], default="val",
                    help="unlabelled target images to score on")
-    p.add_argument("--limit", type=positive_int, default=2000, help="images per split used for scoring")
+    p.add_argument("--limit", type=positive_int, default=2000,
+                   help="images per split used for scoring (splits read from files: at most 100)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--by-config", action="store_true",
                    help="also rank configurations (OUT/<entry>/seed<k> folders grouped by entry) by their "

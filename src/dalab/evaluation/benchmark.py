@@ -69,6 +69,9 @@ SHU = {"arch": "conv9", "optimizer": "adam", "adam_beta1": 0.5, "lr_schedule": "
 SHU_DIRTT = {**SHU, "method_args": {"vat_eps": 1.5}}  # both conv9 DIRT-T rows, whatever they start from
 GANIN_NET = {"batch_norm": False, "input_norm": "none", "ema_decay": 0.0}  # Ganin's exact setting
 SEG_RECIPE = {**TASK_RECIPES["segmentation"], "arch": "segnet"}
+# DAFormer's warm-up: 1,500 of 40,000 iterations from 1e-6 (lhoyer/DAFormer _base_/schedules/poly10warm.py)
+WARMUP = {"warmup": 1500 / 40000}
+RCS = {"rare_class_sampling": True}  # rcs_class_temp 0.01, min_pixels 3000, min_crop_ratio 0.5 (dalab.data.rcs)
 
 
 def fast_batch(batch: int, epochs: int) -> dict:
@@ -186,6 +189,28 @@ SUITES: dict[str, dict] = {
             SuiteEntry("mic", dict(SEG_RECIPE)),
             SuiteEntry("mic", {**SEG_RECIPE, "method_args": {"augment": False}}, name="mic (no jitter or blur)"),
             SuiteEntry("target-only", dict(SEG_RECIPE), name="target-only (oracle)"),
+        ],
+    },
+    # the recipe experiments planned in docs/segmentation.md before any of their runs: methods with their pixel
+    # sizes scaled to the image, DAFormer's strategy and its parts, the oracle with and without warm-up
+    "scenes-recipe": {
+        "source": "scenes-game", "target": "scenes-photo",
+        "description": ("procedural street scenes (a code-built stand-in for GTA5 -> Cityscapes, not those datasets), "
+                        "SegNet; methods with pixel sizes scaled to the image, DAFormer's recipe and its parts, "
+                        "the oracle with and without warm-up"),
+        "entries": [
+            SuiteEntry("source-only", dict(SEG_RECIPE)),
+            SuiteEntry("dacs", dict(SEG_RECIPE)),
+            SuiteEntry("dacs", {**SEG_RECIPE, "method_args": {"augment": False}}, name="dacs (no jitter or blur)"),
+            SuiteEntry("mic", dict(SEG_RECIPE)),
+            SuiteEntry("fda", dict(SEG_RECIPE)),
+            SuiteEntry("dacs", {**SEG_RECIPE, **RCS}, name="dacs (RCS)"),
+            SuiteEntry("dacs", {**SEG_RECIPE, **WARMUP}, name="dacs (warm-up)"),
+            SuiteEntry("daformer", {**SEG_RECIPE, **RCS, **WARMUP}),
+            SuiteEntry("daformer", {**SEG_RECIPE, **RCS, **WARMUP, "method_args": {"ignore_top": 0, "ignore_bottom": 0}},
+                       name="daformer (no pseudo-label crop)"),
+            SuiteEntry("target-only", dict(SEG_RECIPE), name="target-only (oracle)"),
+            SuiteEntry("target-only", {**SEG_RECIPE, **WARMUP}, name="target-only (oracle, warm-up)"),
         ],
     },
 }
@@ -517,15 +542,19 @@ def _per_class_means(tables: list[dict | None]) -> dict[str, float]:
     return out
 
 
-def gap_closed(rows: list[dict]) -> dict[str, float]:
-    """Per row, the share of the source-only -> oracle gap in mean target score that it closes:
-    (t - t_source_only) / (t_oracle - t_source_only). Empty without both reference rows."""
+def gap_closed(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per oracle row (a row trained on target labels), per row, the share of the source-only -> oracle gap
+    in mean target score that the row closes: (t - t_source_only) / (t_oracle - t_source_only). Empty
+    without a source-only row and an oracle row."""
     base = next((r["target_acc_mean"] for r in rows if r["method"] == "source-only"), None)
-    top = next((r["target_acc_mean"] for r in rows if r.get("uses_target_labels")), None)
-    if base is None or top is None or top == base:
-        return {}
-    return {r["method"]: (r["target_acc_mean"] - base) / (top - base)
-            for r in rows if r["target_acc_mean"] is not None}
+    out = {}
+    for o in rows:
+        top = o["target_acc_mean"]
+        if not o.get("uses_target_labels") or base is None or top is None or top == base:
+            continue
+        out[o["method"]] = {r["method"]: (r["target_acc_mean"] - base) / (top - base)
+                            for r in rows if r["target_acc_mean"] is not None}
+    return out
 
 
 def _pm(m, s) -> str:
@@ -534,24 +563,26 @@ def _pm(m, s) -> str:
 
 def format_table(rows: list[dict], suite_name: str) -> str:
     score = "mIoU" if any(r.get("metric") == "miou" for r in rows) else "acc"
-    gap = gap_closed(rows)
+    gaps = gap_closed(rows)  # one column per oracle row
+    gap_heads = "".join(" gap closed |" if len(gaps) == 1 else f" gap closed vs {o} |" for o in gaps)
     reuse = any(r.get("reused") for r in rows)
     lines = [f"# Benchmark `{suite_name}` ({SUITES[suite_name]['description']})", "",
-             f"| method | source {score} (%) | target {score} (%) |" + (" gap closed |" if gap else "")
+             f"| method | source {score} (%) | target {score} (%) |" + gap_heads
              + " runs ok | epochs | selected by | train s (mean) |" + (" reused |" if reuse else ""),
-             "|---|---|---|" + ("---|" if gap else "") + "---|---|---|---|" + ("---|" if reuse else "")]
+             "|---|---|---|" + "---|" * len(gaps) + "---|---|---|---|" + ("---|" if reuse else "")]
     for r in rows:
         t = "n/a" if r["train_seconds_mean"] is None else f"{r['train_seconds_mean']:.1f}"
         ep = "/".join(str(e) for e in r.get("epochs") or []) or "n/a"
-        g = (f" {100 * gap[r['method']]:.0f} % |" if r["method"] in gap else " n/a |") if gap else ""
+        g = "".join(f" {100 * gap[r['method']]:.0f} % |" if r["method"] in gap else " n/a |" for gap in gaps.values())
         lines.append(f"| {r['method']} | {_pm(r['source_acc_mean'], r['source_acc_std'])} | "
                      f"{_pm(r['target_acc_mean'], r['target_acc_std'])} |{g} {r['runs_ok']}/{r['runs']} | {ep} | "
                      f"{r['selected_by']} | {t} |" + (f" {_reused_cell(r)} |" if reuse else ""))
     if reuse:
         lines += ["", "Reused: runs that finished before this call with the same recipe (settings, method "
                       "version and parameters), and the dalab version that trained them."]
-    if gap:
-        lines += ["", "Gap closed: (target − source-only) / (oracle − source-only), on the mean target scores."]
+    if gaps:
+        lines += ["", "Gap closed: (target − source-only) / (oracle − source-only), on the mean target scores"
+                  + (", against each oracle row." if len(gaps) > 1 else ".")]
     classes = sorted(dict.fromkeys(k for r in rows for k in r.get("target_per_class_mean") or {}),
                      key=lambda k: (TRAIN_ID.get(k, len(TRAIN_ID)), k))  # Cityscapes' train-id order
     if classes:
@@ -743,7 +774,9 @@ def _write_table(out: Path, suite: str, spec: dict, entries, all_pairs, results:
     atomic_write_text(out / "benchmark.md", table)
     atomic_write_json(out / "benchmark.json", {"suite": suite, "seeds": seeds, "rows": rows,
                                                "settings": {k: v for k, v in common.items() if v is not None},
-                                               **({"epochs_for": epochs_for} if epochs_for else {}), **extra})
+                                               **({"epochs_for": epochs_for} if epochs_for else {}),
+                                               **({"gap_closed": gap_closed(rows)} if "pairs" not in spec else {}),
+                                               **extra})
     return {"rows": rows, "table": table}
 
 

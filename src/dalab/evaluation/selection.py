@@ -67,6 +67,22 @@ def _batches(cache: dict, name: str, split: str, data_dir, limit: int | None, de
     return cache[key]
 
 
+def _raw_weights(path: Path, device):
+    """The network of ``path`` (a model.pt) with the raw weights of its run's last checkpoint, when the run
+    kept a weight average (``--ema-decay``, the default); None otherwise (teacher-agreement is then nan)."""
+    from ..training.checkpoint import CKPT_FORMAT, load_checked
+
+    ckpt = path.parent / "ckpt.pt"
+    if not ckpt.is_file():
+        return None
+    ck = load_checked(ckpt, CKPT_FORMAT)
+    if "ema" not in ck:
+        return None
+    model, _ = load_model(path, device)
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
 def _summary(run_dir: Path) -> dict | None:
     try:
         return json.loads((run_dir / "summary.json").read_text())
@@ -106,10 +122,13 @@ def score_candidate(path: Path, validators, *, data_dir=None, target_split: str 
     opts = task.eval_options(config.get("eval_size") or ((summary or {}).get("config") or {}).get("eval_size"),
                              config.get("image_size"), transform=config.get("photo_transform", "standard"))
     get = (lambda name, split, labels=True: _batches(cache, name, split, data_dir, limit, device, opts, labels))
+    extra = {}
+    if "teacher-agreement" in validators:  # the run's raw weights (ckpt.pt) beside its weight average (model.pt)
+        extra["raw_model"] = _raw_weights(path, device)
     inputs = task.validator_inputs(
         model, source_val=get(source, "val"), source_train=get(source, "train") if "dev" in validators else [],
         target=[(x, None) for x, _ in get(target, target_split, labels=False)],  # never a target label
-        needed=list(validators), num_classes=int(config.get("num_classes", 10)), seed=seed)
+        needed=list(validators), num_classes=int(config.get("num_classes", 10)), seed=seed, **extra)
     scores = compute_validators(validators, seed=seed, **inputs)
     row = {"run": str(path.parent), "checkpoint": str(path), "method": config.get("method"),
            "source": source, "target": target, "scores": scores}

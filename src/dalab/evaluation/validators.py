@@ -66,9 +66,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-VALIDATORS = ("source-acc", "entropy", "info-max", "bnm", "snd", "dev", "reverse")
-#: dense-prediction validators (functions below); selection wires them in separately
+#: dense-prediction validators (functions below): defined for segmentation runs only (``Task.validators``)
 SEG_VALIDATORS = ("class-entropy", "teacher-agreement", "augmentation-agreement")
+VALIDATORS = ("source-acc", "entropy", "info-max", "bnm", "snd", "dev", "reverse") + SEG_VALIDATORS
 
 
 def _probs(logits: torch.Tensor) -> torch.Tensor:
@@ -168,12 +168,15 @@ def reverse_validation(feats_t: torch.Tensor, logits_t: torch.Tensor, feats_sv: 
 
 
 def compute_validators(names, *, logits_t=None, feats_t=None, logits_sv=None, y_sv=None, feats_sv=None,
-                       feats_s=None, source_score: float | None = None, seed: int = 0) -> dict[str, float]:
+                       feats_s=None, source_score: float | None = None, logits_t_raw=None, logits_t_flip=None,
+                       seed: int = 0) -> dict[str, float]:
     """Scores (higher is better) for each validator in ``names`` from precomputed outputs;
     ``source_score`` (e.g. a segmentation model's source val mIoU) is ``source-acc`` when given."""
     out = {}
     needs = {"entropy": (logits_t,), "info-max": (logits_t,), "bnm": (logits_t,), "snd": (logits_t,),
-             "dev": (feats_s, feats_t, feats_sv, logits_sv, y_sv), "reverse": (feats_t, logits_t, feats_sv, y_sv)}
+             "dev": (feats_s, feats_t, feats_sv, logits_sv, y_sv), "reverse": (feats_t, logits_t, feats_sv, y_sv),
+             "class-entropy": (logits_t,), "teacher-agreement": (logits_t, logits_t_raw),
+             "augmentation-agreement": (logits_t, logits_t_flip)}
     for n in names:
         if any(v is None or len(v) == 0 for v in needs.get(n, ())):  # a split it needs is missing (e.g. no source val)
             out[n] = float("nan")
@@ -192,6 +195,12 @@ def compute_validators(names, *, logits_t=None, feats_t=None, logits_sv=None, y_
             out[n] = dev_score(feats_s, feats_t, feats_sv, logits_sv, y_sv, seed=seed)
         elif n == "reverse":
             out[n] = reverse_validation(feats_t, logits_t, feats_sv, y_sv, seed=seed)
+        elif n == "class-entropy":
+            out[n] = class_entropy(logits_t)
+        elif n == "teacher-agreement":  # the run's kept model (its weight average) against its raw weights
+            out[n] = teacher_agreement(logits_t_raw, logits_t)
+        elif n == "augmentation-agreement":
+            out[n] = augmentation_agreement(logits_t, logits_t_flip)
         else:
             raise ValueError(f"unknown validator {n!r} ({', '.join(VALIDATORS)})")
     return out

@@ -89,7 +89,7 @@ class Classification(Task):
 
     # ------------------------------------------------------------------ label-free selection
     def validator_inputs(self, model, *, source_val, source_train, target, needed, num_classes: int,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, raw_model=None) -> dict:
         logits_sv, y_sv, feats_sv = _outputs(model, source_val, "source", labels=True)
         _, _, feats_s = _outputs(model, source_train, "source") if "dev" in needed else (None, None, None)
         logits_t, _, feats_t = _outputs(model, target, "target")

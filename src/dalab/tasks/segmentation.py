@@ -93,7 +93,8 @@ class Segmentation(Task):
     # minutes on 2 CPU cores for the procedural scenes (docs/segmentation.md)
     recipe: ClassVar[dict] = {"epochs": 3, "batch_size": 16, "optimizer": "adam", "arch": "segnet"}
     archs = ("segnet",)
-    validators = ("source-acc", "entropy", "info-max", "bnm", "snd")
+    validators = ("source-acc", "entropy", "info-max", "bnm", "snd", "class-entropy", "teacher-agreement",
+                  "augmentation-agreement")
     prediction_columns = ("path", "mask", "mean_confidence")
 
     def check_labels(self, y, name: str) -> torch.Tensor:
@@ -169,9 +170,12 @@ class Segmentation(Task):
 
     # ------------------------------------------------------------------ label-free selection
     def validator_inputs(self, model, *, source_val, source_train, target, needed, num_classes: int,
-                         seed: int = 0, pixels: int = 20000) -> dict:
+                         seed: int = 0, pixels: int = 20000, raw_model=None) -> dict:
         """``source-acc`` is the source val mIoU; the others take the class logits of about ``pixels``
-        target pixels drawn at random (fixed by ``seed``) from the predicted maps, never a target label."""
+        target pixels drawn at random (fixed by ``seed``) from the predicted maps, never a target label:
+        the model's (``logits_t``), at the same pixels its map of the flipped images flipped back
+        (``logits_t_flip``, for ``augmentation-agreement``) and the raw weights' map (``logits_t_raw``,
+        ``raw_model``: the run's weights before averaging, for ``teacher-agreement``)."""
         from ..models.inference import predict_logits
 
         out: dict = {}
@@ -182,14 +186,23 @@ class Segmentation(Task):
             n = sum(len(x) for x in images)
             g = torch.Generator().manual_seed(seed)
             per_image = max(1, pixels // max(n, 1))
-            picked = []
+            maps = {"logits_t": lambda x: predict_logits(model, x, batch_size=256, domain="target")}
+            if "augmentation-agreement" in needed:
+                maps["logits_t_flip"] = lambda x: predict_logits(model, x.flip(-1), batch_size=256,
+                                                                 domain="target").flip(-1)
+            if "teacher-agreement" in needed and raw_model is not None:
+                maps["logits_t_raw"] = lambda x: predict_logits(raw_model, x, batch_size=256, domain="target")
+            picked = {k: [] for k in maps}
             for xb in images:  # a batch of (B, K, H, W) maps at a time, never all of them
-                lg = predict_logits(model, xb, batch_size=256, domain="target")
-                flat = lg.permute(0, 2, 3, 1).reshape(len(lg), -1, lg.shape[1])  # (B, HW, K)
-                idx = torch.randint(0, flat.shape[1], (len(lg), per_image), generator=g).to(flat.device)
-                picked.append(torch.gather(flat, 1, idx[..., None].expand(-1, -1, flat.shape[2])).reshape(
-                    -1, flat.shape[2]))
-            out["logits_t"] = torch.cat(picked)
+                idx = None
+                for k, f in maps.items():
+                    lg = f(xb)
+                    flat = lg.permute(0, 2, 3, 1).reshape(len(lg), -1, lg.shape[1])  # (B, HW, K)
+                    if idx is None:  # the same pixels in every map
+                        idx = torch.randint(0, flat.shape[1], (len(lg), per_image), generator=g).to(flat.device)
+                    picked[k].append(torch.gather(flat, 1, idx[..., None].expand(-1, -1, flat.shape[2])).reshape(
+                        -1, flat.shape[2]))
+            out.update({k: torch.cat(v) for k, v in picked.items()})
         return out
 
     # ------------------------------------------------------------------ predictions and figures
