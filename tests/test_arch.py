@@ -143,8 +143,8 @@ def test_adam_beta1_reaches_the_optimiser_and_is_checked(tiny_data):
     cfg = TrainConfig(method="source-only", optimizer="adam", adam_beta1=0.5, epochs=1, batch_size=16,
                       limit_train=32, limit_eval=16, data_dir=str(tiny_data), precision="fp32", device="cpu")
     tr = Trainer(cfg, None, progress=False)
-    _, opt = tr._build(tr._load_data())
-    assert opt.param_groups[0]["betas"] == (0.5, 0.999)
+    tr.setup()
+    assert tr.opt.param_groups[0]["betas"] == (0.5, 0.999)
     from dalab.errors import DalabError
 
     with pytest.raises(DalabError, match="adam-beta1"):

@@ -60,6 +60,9 @@ def test_teacher_and_augmentation_agreement_on_hand_made_maps():
     assert v.teacher_agreement(rows_a, rows_b) == pytest.approx(v.teacher_agreement(la, lb))
 
 
-def test_dense_validators_are_listed_apart_from_the_selection_ones():
+def test_dense_validators_are_selection_validators_of_segmentation_only():
+    from dalab.tasks import get_task
+
     assert set(v.SEG_VALIDATORS) == {"class-entropy", "teacher-agreement", "augmentation-agreement"}
-    assert not set(v.SEG_VALIDATORS) & set(v.VALIDATORS)
+    assert set(v.SEG_VALIDATORS) <= set(v.VALIDATORS) and set(v.SEG_VALIDATORS) <= set(get_task("segmentation").validators)
+    assert not set(v.SEG_VALIDATORS) & set(get_task("classification").validators)

@@ -85,8 +85,11 @@ def test_compute_validators_all_names():
     torch.manual_seed(0)
     lt, ft = torch.randn(60, 10), torch.randn(60, 16)
     lsv, fsv, ysv, fs = torch.randn(40, 10), torch.randn(40, 16), torch.randint(0, 10, (40,)), torch.randn(50, 16)
-    out = compute_validators(VALIDATORS, logits_t=lt, feats_t=ft, logits_sv=lsv, y_sv=ysv, feats_sv=fsv, feats_s=fs)
+    out = compute_validators(VALIDATORS, logits_t=lt, feats_t=ft, logits_sv=lsv, y_sv=ysv, feats_sv=fsv, feats_s=fs,
+                             logits_t_raw=lt + 0.1 * torch.randn(60, 10), logits_t_flip=lt.flip(0))
     assert set(out) == set(VALIDATORS) and all(math.isfinite(v) for v in out.values())
+    # a validator whose input is missing (e.g. no source val split) is nan, not an error
+    assert math.isnan(compute_validators(["dev", "teacher-agreement"], logits_t=lt)["dev"])
     with pytest.raises(ValueError, match="unknown validator 'oracle'"):
         compute_validators(["oracle"], logits_t=lt)
 
