@@ -38,7 +38,7 @@ def office(tmp_path_factory):
     return root
 
 
-TRAIN = ("--method", "dann", "--image-size", 64, "--epochs", 1, "--batch-size", 4, "--workers", 0,
+TRAIN = ("--method", "dann", "--image-size", 64, "--epochs", 1, "--steps-per-epoch", 3, "--batch-size", 4, "--workers", 0,
          "--precision", "fp32", "--device", "cpu", "--quiet", "--json")
 
 
@@ -58,9 +58,11 @@ def test_dann_on_a_torchvision_backbone(resnet_run):
     # the photo recipe (TLlib's): SGD, 0.01, weight decay 1e-3, the inverse decay
     cfg = s["config"]
     assert (cfg["optimizer"], cfg["lr"], cfg["weight_decay"], cfg["lr_schedule"]) == ("sgd", 0.01, 0.001, "inv")
+    assert cfg["nesterov"] is True and s["steps_per_epoch"] == 3  # TLlib's 1,000 per epoch, unless asked
     assert "all target images" in s["protocol"]["target"] or s["protocol"]["target"]
     assert s["skipped_files"] == {"target": 1} and "broken.jpg" in (out / "data_check.log").read_text()
     assert 0.0 <= s["target_test_acc"] <= 1.0 and s["n_source_train"] == 12
+    assert s["config"]["batch_size"] == 4 and s["config"]["epochs"] == 1  # the flags win over the recipe
     ck = torch.load(out / "model.pt", weights_only=True)
     assert ck["config"]["arch"] == "photonet" and ck["config"]["classes"] == list(CLASSES)
 

@@ -42,7 +42,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-__version__ = "0.8.0"
+__version__ = "0.9.0"
 
 # public name -> (module, attribute); imported on first access (PEP 562)
 _EXPORTS: dict[str, tuple[str, str]] = {

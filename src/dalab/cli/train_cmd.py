@@ -49,6 +49,9 @@ def add_train_args(p, defaults: TrainConfig | None = None) -> None:
                    help=f"passes over the source training set (default {d.epochs}; segmentation: "
                         f"{TASK_RECIPES['segmentation']['epochs']}; with --resume, the checkpoint's)")
     p.add_argument("--seed", type=nonneg_int, default=d.seed)
+    p.add_argument("--steps-per-epoch", type=positive_int, default=None, metavar="N",
+                   help="steps per epoch (default: one pass over the source set; photos with --backbone: 1000, "
+                        "as TLlib's scripts)")
     p.add_argument("--batch-size", type=positive_int, default=None,
                    help=f"images per domain per step (default {d.batch_size}; segmentation: "
                         f"{TASK_RECIPES['segmentation']['batch_size']})")
@@ -186,7 +189,8 @@ def config_from_args(args) -> TrainConfig:
     return TrainConfig(
         method=args.method, source=args.source, target=args.target, epochs=_epochs(args), seed=args.seed,
         batch_size=pick("batch_size"), optimizer=pick("optimizer"), lr=pick("lr"), lr_schedule=pick("lr_schedule"),
-        momentum=pick("momentum"), weight_decay=pick("weight_decay"),
+        momentum=pick("momentum"), nesterov=pick("nesterov"), weight_decay=pick("weight_decay"),
+        steps_per_epoch=pick("steps_per_epoch"),
         warmup=args.warmup, rare_class_sampling=args.rare_class_sampling,
         adam_beta1=args.adam_beta1,
         lambda_max=args.lambda_max, lambda_schedule=args.lambda_schedule, gamma=args.gamma,

@@ -22,11 +22,15 @@ class TrainConfig:
     source: str = "mnist"
     target: str = "mnistm"
     epochs: int = 10
+    # steps per epoch; None: one pass over the (primary) training set, len // batch_size (TLlib's photo
+    # scripts count 1,000 iterations per epoch instead)
+    steps_per_epoch: int | None = None
     seed: int = 0
     batch_size: int = 64            # per domain: 64 source + 64 target images per step
     optimizer: str = "sgd"          # sgd (momentum 0.9, Ganin's annealing) or adam
     lr: float | None = None         # None -> 0.01 for SGD, 1e-3 for Adam (absolute, never relative)
     momentum: float = 0.9
+    nesterov: bool = False          # SGD: Nesterov momentum (the photo recipe's, as TLlib)
     adam_beta1: float = 0.9         # Adam's first-moment decay (Shu et al. 2018 use 0.5)
     weight_decay: float = 0.0
     lr_schedule: str = "ganin"      # ganin: lr0 / (1 + 10 p)^0.75 ; inv: lr0 (1 + 0.001 step)^-0.75 ; constant
@@ -111,6 +115,8 @@ class TrainConfig:
             bad(f"unknown bn stats {self.bn_stats!r} (domain, shared)")
         if not isinstance(self.bn_calibration, int) or self.bn_calibration < 0:
             bad(f"--bn-calibration must be an integer >= 0, got {self.bn_calibration!r}")
+        if self.steps_per_epoch is not None and (not isinstance(self.steps_per_epoch, int) or self.steps_per_epoch <= 0):
+            bad(f"--steps-per-epoch must be a positive integer, got {self.steps_per_epoch!r}")
         for name in ("limit_train", "limit_eval"):
             v = getattr(self, name)
             if v is not None and v <= 0:

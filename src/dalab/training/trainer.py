@@ -230,7 +230,7 @@ class Trainer:
             resume_ck = self.run_dir.load_checkpoint()
         if self.dist.is_main and self.data.check_log:  # the files a data check skipped or repaired
             self.run_dir.write_text("data_check.log", self.data.check_log)
-        self.steps = n_primary // B
+        self.steps = cfg.steps_per_epoch or n_primary // B
         self.total_steps = self.steps * cfg.epochs
         self.speed = self._choose_speed(resume_ck, B // self.dist.world_size)
         self.precision = self.speed.precision
@@ -320,7 +320,8 @@ class Trainer:
             params = list(model.parameters()) + list(method.parameters())
         fused = optimizer_kwargs(cfg.optimizer, self.device)  # one kernel per parameter where available
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **fused)
+            return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                   nesterov=cfg.nesterov, **fused)
         return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), weight_decay=cfg.weight_decay,
                                 **fused)
 
