@@ -39,7 +39,7 @@ def write_trees(root: Path, n: int) -> tuple[Path, Path]:
         (gta / d).mkdir(parents=True, exist_ok=True)
     for k in range(1, n + 1):
         h, w = rd.GTA5_SMALL_HW if k % 4 == 0 else rd.GTA5_FULL
-        rd.save_png(rd.picture(h, w, k), gta / "images" / f"{k:05d}.png")
+        rd.save_png(rd.picture(h, w, k % 16), gta / "images" / f"{k:05d}.png")
         rd.save_palette_label(rd.layout(h, w, k), gta / "labels" / f"{k:05d}.png")
     city = root / "cityscapes"
     h, w = rd.CITYSCAPES_HW
@@ -50,7 +50,7 @@ def write_trees(root: Path, n: int) -> tuple[Path, Path]:
             (city / "gtFine" / split / "bench").mkdir(parents=True, exist_ok=True)
         for k in range(count):
             stem = rd.cityscapes_stem("bench", k)
-            rd.save_png(rd.picture(h, w, k), d / f"{stem}_leftImg8bit.png")
+            rd.save_png(rd.picture(h, w, k % 16), d / f"{stem}_leftImg8bit.png")
             if split == "val":
                 Image.fromarray(rd.layout(h, w, k)).save(city / "gtFine" / split / "bench" / f"{stem}_gtFine_labelIds.png")
     return gta, city

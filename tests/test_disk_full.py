@@ -7,7 +7,7 @@ import errno
 import pytest
 import torch
 
-from dalab.data.io import atomic_write_bytes, atomic_write_json
+from dalab.data.io import atomic_write_json
 from dalab.errors import DalabError
 from dalab.training.checkpoint import save_atomic
 

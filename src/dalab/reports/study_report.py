@@ -243,7 +243,7 @@ def write_answers(S: dict) -> dict[str, list[str]]:
         best = max(fin, key=lambda c: c["target"][0])
         zero = next((c for c in fin if c["lambda_max"] == 0), None)
         q3.append(
-            f"With a constant lambda, target accuracy goes from "
+            "With a constant lambda, target accuracy goes from "
             + (f"{pct(zero['target'])} at lambda=0 (the domain head trains but the features never feel it, "
                f"i.e. source-only: {pct(src_t)}) " if zero else "")
             + f"to its highest value in this sweep, {pct(best['target'])}, at lambda={lam_str(best['lambda_max'])} "

@@ -16,6 +16,7 @@ A new task (regression, detection) is one module with a subclass, registered in
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import ClassVar, Iterable
 
@@ -33,6 +34,23 @@ def finite_or_none(v):
     if isinstance(v, (int, float)):
         return v if math.isfinite(v) else None
     return v
+
+
+@contextlib.contextmanager
+def evaluating(model, precision: str = "fp32", domain=None):
+    """A scoring pass over ``model``: eval mode, the precision's autocast and ``domain``'s batch-norm
+    statistics (per-domain BN), the model's mode restored afterwards. Yields the model's device."""
+    from ..models.batchnorm import bn_domain
+    from ..models.inference import autocast_ctx
+
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    try:
+        with autocast_ctx(dev, precision), bn_domain(model, domain):
+            yield dev
+    finally:
+        model.train(was_training)
 
 
 class Task:

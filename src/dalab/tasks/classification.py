@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DalabError
-from .base import Task
+from .base import Task, evaluating
 
 DEFAULT_IMAGE_SIZE = 224  # ImageNet's crop, the backbones' native input
 
@@ -51,23 +51,14 @@ class Classification(Task):
     @torch.inference_mode()
     def evaluate(self, model, batches, num_classes: int, precision: str = "fp32", domain=None, class_names=None,
                  reduce=None) -> dict:
-        from ..models.batchnorm import bn_domain
-        from ..models.inference import autocast_ctx
-
-        was_training = model.training
-        model.eval()
-        dev = next(model.parameters()).device
-        counts = torch.zeros(3, dtype=torch.long, device=dev)  # correct, labelled, unlabelled
-        try:
-            with autocast_ctx(dev, precision), bn_domain(model, domain):
-                for xb, yb in batches:
-                    xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-                    known = yb >= 0
-                    counts[0] += ((model(xb).float().argmax(1) == yb) & known).sum()
-                    counts[1] += known.sum()
-                    counts[2] += (~known).sum()
-        finally:
-            model.train(was_training)
+        with evaluating(model, precision, domain) as dev:
+            counts = torch.zeros(3, dtype=torch.long, device=dev)  # correct, labelled, unlabelled
+            for xb, yb in batches:
+                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+                known = yb >= 0
+                counts[0] += ((model(xb).float().argmax(1) == yb) & known).sum()
+                counts[1] += known.sum()
+                counts[2] += (~known).sum()
         if reduce is not None:
             counts = reduce(counts)
         correct, n, unlabelled = counts.tolist()

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DalabError
-from .base import Task
+from .base import Task, evaluating
 
 IGNORE = 255
 
@@ -123,28 +123,19 @@ class Segmentation(Task):
     @torch.inference_mode()
     def evaluate(self, model, batches, num_classes: int, precision: str = "fp32", domain=None, class_names=None,
                  reduce=None) -> dict:
-        from ..models.batchnorm import bn_domain
-        from ..models.inference import autocast_ctx
-
-        was_training = model.training
-        model.eval()
-        dev = next(model.parameters()).device
         k = num_classes
-        counts = torch.zeros(k * k + 1, dtype=torch.long, device=dev)  # confusion matrix, then images
-        try:
-            with autocast_ctx(dev, precision), bn_domain(model, domain):
-                for xb, yb in batches:
-                    logits = model(xb.to(dev, non_blocking=True)).float()
-                    maps = [yb] if torch.is_tensor(yb) else [y[None] for y in yb]  # one size, or one per image
-                    start = 0
-                    for y in maps:
-                        y = y.to(dev, non_blocking=True)
-                        part = logits[start:start + len(y)]
-                        start += len(y)
-                        counts[:-1] += confusion_matrix(upsample_to(part, y.shape[-2:]).argmax(1), y, k).reshape(-1)
-                    counts[-1] += len(xb)
-        finally:
-            model.train(was_training)
+        with evaluating(model, precision, domain) as dev:
+            counts = torch.zeros(k * k + 1, dtype=torch.long, device=dev)  # confusion matrix, then images
+            for xb, yb in batches:
+                logits = model(xb.to(dev, non_blocking=True)).float()
+                maps = [yb] if torch.is_tensor(yb) else [y[None] for y in yb]  # one size, or one per image
+                start = 0
+                for y in maps:
+                    y = y.to(dev, non_blocking=True)
+                    part = logits[start:start + len(y)]
+                    start += len(y)
+                    counts[:-1] += confusion_matrix(upsample_to(part, y.shape[-2:]).argmax(1), y, k).reshape(-1)
+                counts[-1] += len(xb)
         if reduce is not None:
             counts = reduce(counts)
         return {**scores_from_confusion(counts[:-1].reshape(k, k), class_names), "n": int(counts[-1])}

@@ -44,6 +44,8 @@ from typing import Callable
 
 import torch
 
+from .device import rng_preserved
+
 WARMUP, TIMED = 3, 5
 LOSS_RTOL, LOSS_ATOL = 0.02, 0.02
 CACHE_FILE = "speed-choices.json"
@@ -273,18 +275,6 @@ def _measure(run, device, channels_last, batch, note, path, key) -> SpeedChoice:
 
 
 # ---------------------------------------------------------------- the run's own step, on copies
-@contextlib.contextmanager
-def _rng_preserved(device: torch.device):
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
 def measure_run(model: torch.nn.Module, method, make_optimizer: Callable, data: dict, batch: int,
                 device: torch.device, cands: list[Candidate], lr_at: Callable[[float], float],
                 total_steps: int, seed: int) -> dict[Candidate, dict]:
@@ -303,7 +293,7 @@ def measure_run(model: torch.nn.Module, method, make_optimizer: Callable, data: 
     pt = torch.randint(0, pool(xt), (steps, batch), generator=g).to(device) if xt is not None else None
     base = copy.deepcopy(model)
     base_method = copy.deepcopy(method)
-    with _rng_preserved(device):
+    with rng_preserved():
         # what the first epoch start does (e.g. pseudo-labels), on the copies and the images used here
         base_method.on_epoch_start(base, 0, xt[:pool(xt)] if xt is not None else None)
         fns = {}

@@ -20,12 +20,12 @@ generator restored). Where the memory available cannot be read, nothing is check
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
 
 from ..errors import DalabError
+from .device import rng_preserved
 
 PROBE_SIDE = 64  # the probe's images: at most 64 x 64 pixels (smaller when the run's are)
 PROBE_BATCH = 2
@@ -45,18 +45,6 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-@contextlib.contextmanager
-def _rng_kept():
-    cpu = torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    try:
-        yield
-    finally:
-        torch.set_rng_state(cpu)
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
-
-
 def probe_bytes(model, method, batch_fn, shape, device) -> tuple[int, int]:
     """(bytes saved for backward by one forward of ``method.loss`` on copies, pixels per domain in the probe).
     ``batch_fn(n, (h, w))`` builds the probe's :class:`~dalab.methods.Batch` of ``n`` images per domain."""
@@ -67,7 +55,7 @@ def probe_bytes(model, method, batch_fn, shape, device) -> tuple[int, int]:
         saved[0] += t.numel() * t.element_size()
         return t
 
-    with _rng_kept():
+    with rng_preserved():
         m, meth = copy.deepcopy(model), copy.deepcopy(method)
         m.train()
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
