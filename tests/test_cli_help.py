@@ -105,3 +105,23 @@ def test_a_plain_default_is_still_shown(capsys):
     # hand-written notes (the classification default, the segmentation recipe's), not repeated
     assert "images per domain per step (default 64; segmentation: 16)" in out
     assert "(default 10; segmentation: 3; with --resume, the checkpoint's)" in out
+
+
+def test_method_lists_keep_a_comma_inside_parentheses():
+    """``--methods`` names rows such as ``target-only (oracle, warm-up)``: a comma inside parentheses
+    belongs to the name, and only the others separate names."""
+    from dalab.cli.common import split_names
+
+    assert split_names("source-only,target-only (oracle),target-only (oracle, warm-up)") == [
+        "source-only", "target-only (oracle)", "target-only (oracle, warm-up)"]
+    assert split_names(" dann , ,vada,") == ["dann", "vada"]
+    assert split_names("") == []
+
+
+def test_benchmark_names_the_unknown_row_not_a_piece_of_a_known_one(tmp_path, capsys):
+    code = main(["benchmark", "--suite", "scenes-recipe", "--out", str(tmp_path / "out"),
+                 "--methods", "target-only (oracle, warm-up),no-such-row"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'no-such-row' is not in suite scenes-recipe" in err
+    assert not (tmp_path / "out").exists()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import DalabError
 from ..evaluation.benchmark import SUITES, collect_benchmark, run_benchmark
-from .common import DEVICE_HELP, HelpFormatter, add_data_dir, positive_int, print_json
+from .common import DEVICE_HELP, HelpFormatter, add_data_dir, positive_int, print_json, split_names
 from .launch_args import LAUNCHER_EPILOG, add_launcher_args, make_launcher
 
 EPILOG = """examples:
@@ -95,7 +95,7 @@ def run(args) -> int:
         raise DalabError("--jobs is for --launcher local; with submitit, --slurm-parallel N runs N at once")
     if args.no_wait and args.launcher != "submitit":
         raise DalabError("--no-wait needs --launcher submitit")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+    methods = split_names(args.methods) if args.methods else None
     pairs = None
     if args.pairs:
         pairs = []

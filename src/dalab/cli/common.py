@@ -72,6 +72,19 @@ def positive_float(s: str) -> float:
 DEVICE_HELP = "auto (cuda, else mps, else cpu), cpu, cuda, cuda:N or mps"
 
 
+def split_names(text: str) -> list[str]:
+    """A comma-separated list of names, where a comma inside parentheses belongs to its name:
+    ``"dacs,target-only (oracle, warm-up)"`` -> ``["dacs", "target-only (oracle, warm-up)"]``."""
+    names, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth <= 0:
+            names.append(text[start:i])
+            start, depth = i + 1, 0
+    names.append(text[start:])
+    return [n.strip() for n in names if n.strip()]
+
+
 def add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None,
                    help="cache folder (default: $DALAB_DATA or ~/.cache/dalab)")
