@@ -132,10 +132,38 @@ def test_a_first_step_too_large_for_the_memory_stops_with_one_line(real_trees, t
     assert not (tmp_path / "run").exists()  # stopped before --out was touched
 
 
-def _probe_parts(cfg):
-    """(model, method, batch builder, input shape, device) as the trainer sets them up."""
+def test_the_probe_counts_activations_once_and_not_the_weights():
+    """A layer saves its weight beside its input, and several ops may save views of one tensor: the probe
+    counts the memory blocks of the activations, each once, so that scaling it to the crops does not
+    multiply the weights by the pixel ratio."""
     import torch
+    from torch import nn
 
+    from dalab.training import memory
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3 * 4 * 4, 1000)  # 192 kB of weights, far more than the probe's activations
+
+        def forward(self, x):
+            flat = x.flatten(1)
+            return self.fc(flat) * flat.sum(1, keepdim=True)  # `flat` is saved twice (linear, mul), a view of x
+
+    class Method(nn.Module):
+        def loss(self, model, batch):
+            return model(batch).sum()
+
+    x_bytes = memory.PROBE_BATCH * 3 * 4 * 4 * 4
+    out_bytes = memory.PROBE_BATCH * 1000 * 4
+    saved, pixels = memory.probe_bytes(Net(), Method(), lambda n, hw: torch.rand(n, 3, *hw), (3, 4, 4))
+    assert pixels == memory.PROBE_BATCH * 16
+    # x (through its views, once), the linear's output and the sum: never the 192 kB weight
+    assert x_bytes <= saved <= x_bytes + out_bytes + 64, saved
+
+
+def _probe_parts(cfg):
+    """(model, method, batch builder, input shape) as the trainer sets them up."""
     from dalab.training import Trainer
 
     t = Trainer(cfg, None, progress=False)
@@ -148,4 +176,4 @@ def _probe_parts(cfg):
     t._check_network()
     t.model = t._build_model()
     t.method.setup(t.model, t.device)
-    return t.model, t.method, t._probe_batch, t.data.input_shape(), torch.device("cpu")
+    return t.model, t.method, t._probe_batch, t.data.input_shape()

@@ -169,3 +169,15 @@ def test_resume_without_epochs_keeps_the_checkpoints_plan(tiny_data, tmp_path):
     (tmp_path / "w0").rename(tmp_path / "moved")
     w["init_from"], w["epochs"] = str(tmp_path / "moved" / "model.pt"), 2
     assert Trainer(cfg(tiny_data, **w), tmp_path / "w", progress=False, resume=True).fit()["status"] == "completed"
+
+
+def test_nesterov_without_momentum_is_plain_sgd_not_an_error(tiny_data):
+    """The photo recipe sets Nesterov momentum; ``--momentum 0`` on top of it must still train (torch's SGD
+    refuses Nesterov without momentum, and the two are the same step then)."""
+    cfg = TrainConfig(method="source-only", nesterov=True, momentum=0.0, batch_size=8, device="cpu")
+    t = Trainer(cfg, None, progress=False)
+    model = torch.nn.Linear(2, 2)
+    opt = t._optimizer(model, torch.nn.Module())
+    assert opt.param_groups[0]["nesterov"] is False and opt.param_groups[0]["momentum"] == 0.0
+    t.cfg = TrainConfig(method="source-only", nesterov=True, momentum=0.9, batch_size=8, device="cpu")
+    assert t._optimizer(model, torch.nn.Module()).param_groups[0]["nesterov"] is True

@@ -30,9 +30,9 @@ Validators (with their papers):
   original retrains the whole network in the reverse direction; this keeps the features.)
 
 Validators for dense prediction (segmentation), on per-pixel outputs: ``logits`` (B, K, H, W) maps
-or (P, K) rows of sampled pixels, predictions (B, H, W) or (P,) class ids. Not part of
-:data:`VALIDATORS` / :func:`compute_validators` (which a selection run iterates); see
-:data:`SEG_VALIDATORS`:
+or (P, K) rows of sampled pixels, predictions (B, H, W) or (P,) class ids. They are listed in
+:data:`SEG_VALIDATORS` (and in :data:`VALIDATORS`); a selection run scores a segmentation run with
+them, a classification run never:
 
 - ``class-entropy`` (:func:`class_entropy`): the entropy validator of Morerio et al. (ICLR 2018)
   averaged per *predicted class*, as mIoU averages per class, so that a small class weighs as much

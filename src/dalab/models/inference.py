@@ -22,18 +22,27 @@ def autocast_ctx(device: torch.device | str, precision: str):
     return contextlib.nullcontext()
 
 
+@contextlib.contextmanager
+def evaluating(model: nn.Module, precision: str = "fp32", domain: str | None = None):
+    """A pass over ``model`` for scores or outputs: eval mode, the precision's autocast and ``domain``'s
+    batch-norm statistics, the model's mode restored afterwards (also on an error). Yields the model's
+    device."""
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    try:
+        with autocast_ctx(dev, precision), bn_domain(model, domain):
+            yield dev
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
                    precision: str = "fp32", domain: str | None = None) -> torch.Tensor:
     """Class logits (N, C) as float32; ``x`` stays where it is, batches move to the model."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    outs = []
-    with autocast_ctx(dev, precision), bn_domain(model, domain):
-        for i in range(0, len(x), batch_size):
-            outs.append(model(x[i:i + batch_size].to(dev, non_blocking=True)).float())
-    model.train(was_training)
+    with evaluating(model, precision, domain) as dev:
+        outs = [model(x[i:i + batch_size].to(dev, non_blocking=True)).float() for i in range(0, len(x), batch_size)]
     return torch.cat(outs) if outs else torch.empty(0, 0)
 
 
@@ -41,12 +50,8 @@ def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
 def extract_features(model: nn.Module, x: torch.Tensor, batch_size: int = 2048,
                      domain: str | None = None) -> torch.Tensor:
     """Features ``model.features(x)`` (N, D) as float32, in eval mode and batches (e.g. for a t-SNE)."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    with bn_domain(model, domain):
+    with evaluating(model, "fp32", domain) as dev:
         outs = [model.features(x[i:i + batch_size].to(dev)).float() for i in range(0, len(x), batch_size)]
-    model.train(was_training)
     return torch.cat(outs)
 
 

@@ -16,7 +16,6 @@ A new task (regression, detection) is one module with a subclass, registered in
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import ClassVar, Iterable
 
@@ -34,23 +33,6 @@ def finite_or_none(v):
     if isinstance(v, (int, float)):
         return v if math.isfinite(v) else None
     return v
-
-
-@contextlib.contextmanager
-def evaluating(model, precision: str = "fp32", domain=None):
-    """A scoring pass over ``model``: eval mode, the precision's autocast and ``domain``'s batch-norm
-    statistics (per-domain BN), the model's mode restored afterwards. Yields the model's device."""
-    from ..models.batchnorm import bn_domain
-    from ..models.inference import autocast_ctx
-
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    try:
-        with autocast_ctx(dev, precision), bn_domain(model, domain):
-            yield dev
-    finally:
-        model.train(was_training)
 
 
 class Task:
@@ -125,10 +107,12 @@ class Task:
 
     # ------------------------------------------------------------------ label-free selection
     def validator_inputs(self, model, *, source_val, source_train, target, needed, num_classes: int,
-                         seed: int = 0) -> dict:
+                         seed: int = 0, raw_model=None) -> dict:
         """Keyword arguments of :func:`dalab.evaluation.validators.compute_validators` for ``needed``,
         from batches of source validation (images, labels), source training and target images
-        (each an iterable of (images, labels) batches; target labels are never read)."""
+        (each an iterable of (images, labels) batches; target labels are never read). ``raw_model``:
+        the run's last raw weights beside ``model`` (its weight average), for validators that compare
+        the two (``teacher-agreement``); None where the run kept no such pair."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ predictions and figures

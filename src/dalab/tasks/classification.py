@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DalabError
-from .base import Task, evaluating
+from ..models.inference import evaluating
+from .base import Task
 
 DEFAULT_IMAGE_SIZE = 224  # ImageNet's crop, the backbones' native input
 
@@ -145,21 +146,13 @@ def _photo_inputs(files, image_size: int, resize: int | None = None):
 @torch.inference_mode()
 def _outputs(model, batches, domain: str, labels: bool = False):
     """(logits, labels or None, features) of every batch, on the CPU as float32."""
-    from ..models.batchnorm import bn_domain
-
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
     logits, ys, feats = [], [], []
-    try:
-        with bn_domain(model, domain):
-            for xb, yb in batches:
-                f = model.features(xb.to(dev)).float()
-                feats.append(f)
-                logits.append(torch.cat([model.classify(f[i:i + 4096]) for i in range(0, len(f), 4096)]).float())
-                if labels:
-                    ys.append(yb.to(dev))
-    finally:
-        model.train(was_training)
+    with evaluating(model, "fp32", domain) as dev:
+        for xb, yb in batches:
+            f = model.features(xb.to(dev)).float()
+            feats.append(f)
+            logits.append(torch.cat([model.classify(f[i:i + 4096]) for i in range(0, len(f), 4096)]).float())
+            if labels:
+                ys.append(yb.to(dev))
     cat = (lambda v: torch.cat(v) if v else None)
     return cat(logits), cat(ys), cat(feats)

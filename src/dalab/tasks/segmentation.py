@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import DalabError
-from .base import Task, evaluating
+from ..models.inference import evaluating
+from .base import Task
 
 IGNORE = 255
 

@@ -45,19 +45,38 @@ def available_bytes(device: torch.device) -> int | None:
     return None
 
 
-def probe_bytes(model, method, batch_fn, shape, device) -> tuple[int, int]:
-    """(bytes saved for backward by one forward of ``method.loss`` on copies, pixels per domain in the probe).
-    ``batch_fn(n, (h, w))`` builds the probe's :class:`~dalab.methods.Batch` of ``n`` images per domain."""
+def _storage(t: torch.Tensor) -> tuple[int, int] | None:
+    """(address, bytes) of the memory block behind ``t``, shared by all its views; None without one."""
+    try:
+        s = t.untyped_storage()
+        return s.data_ptr(), s.nbytes()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def probe_bytes(model, method, batch_fn, shape) -> tuple[int, int]:
+    """(bytes of activations saved for backward by one forward of ``method.loss`` on copies, pixels per
+    domain in the probe). ``batch_fn(n, (h, w))`` builds the probe's :class:`~dalab.methods.Batch` of
+    ``n`` images per domain. Each memory block is counted once, however many views of it are saved, and
+    the parameters (which layers save beside their inputs, and which do not grow with the pixels) are
+    not counted: they enter the estimate once, in :func:`check_first_step`."""
     h, w = (min(PROBE_SIDE, s) for s in shape[-2:])
-    saved = [0]
+    saved, seen = [0], set()
 
     def pack(t):
-        saved[0] += t.numel() * t.element_size()
+        block = _storage(t)
+        if block is not None and block[0] not in seen:
+            seen.add(block[0])
+            saved[0] += block[1]
         return t
 
     with rng_preserved():
         m, meth = copy.deepcopy(model), copy.deepcopy(method)
         m.train()
+        for p in list(m.parameters()) + list(meth.parameters()) + list(m.buffers()) + list(meth.buffers()):
+            block = _storage(p)
+            if block is not None:
+                seen.add(block[0])
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             meth.loss(m, batch_fn(PROBE_BATCH, (h, w)))
     return saved[0], PROBE_BATCH * h * w
@@ -71,7 +90,7 @@ def check_first_step(model, method, batch_fn, shape, batch: int, device) -> str 
     if free is None or shape is None:
         return None
     try:
-        saved, pixels = probe_bytes(model, method, batch_fn, shape, device)
+        saved, pixels = probe_bytes(model, method, batch_fn, shape)
     except Exception:  # noqa: BLE001  a network or method the probe cannot copy or run: no estimate, no refusal
         return None
     params = sum(p.numel() * p.element_size() for p in list(model.parameters()) + list(method.parameters()))

@@ -320,8 +320,9 @@ class Trainer:
             params = list(model.parameters()) + list(method.parameters())
         fused = optimizer_kwargs(cfg.optimizer, self.device)  # one kernel per parameter where available
         if cfg.optimizer == "sgd":
+            # Nesterov's look-ahead needs momentum; without it (--momentum 0) the step is plain SGD either way
             return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                                   nesterov=cfg.nesterov, **fused)
+                                   nesterov=bool(cfg.nesterov) and cfg.momentum > 0, **fused)
         return torch.optim.Adam(params, lr=lr, betas=(cfg.adam_beta1, 0.999), weight_decay=cfg.weight_decay,
                                 **fused)
 
