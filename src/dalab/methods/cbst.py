@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.batchnorm import bn_domain
+from ..models.inference import evaluating
 from ..tasks import IGNORE, accuracy, task_loss
 from .base import Batch, Method
 from .dann import logits_per_domain
@@ -89,15 +90,8 @@ def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 @torch.no_grad()
 def _over_target(model, x: torch.Tensor, batch_size: int, fn) -> list:
     """``fn(softmax(model(batch)))`` for each batch of ``x``, in eval mode with target statistics."""
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    try:
-        with bn_domain(model, "target"):
-            return [fn(F.softmax(model(x[i:i + batch_size].to(dev)).float(), 1))
-                    for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
+    with evaluating(model, "fp32", "target") as dev:
+        return [fn(F.softmax(model(x[i:i + batch_size].to(dev)).float(), 1)) for i in range(0, len(x), batch_size)]
 
 
 class CBST(Method):

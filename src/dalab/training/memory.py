@@ -4,7 +4,9 @@ large for the machine stops with one line instead of being killed by the system 
 The memory a step needs is dominated by the activations autograd keeps for the backward pass.
 They are counted exactly on a probe: one forward pass of the method's loss on copies of the network
 and the method, with a small batch of ``probe`` images per domain at a small size :math:`(h, w)`,
-summing the bytes of every tensor saved for backward (``torch.autograd.graph.saved_tensors_hooks``).
+summing the bytes of the tensors saved for backward (``torch.autograd.graph.saved_tensors_hooks``),
+each memory block once however many views of it are saved, and never the parameters or buffers
+(which layers save beside their inputs, and which do not grow with the pixels).
 Activations grow with the number of pixels, so the step at batch :math:`B` and size :math:`(H, W)`
 needs about
 
